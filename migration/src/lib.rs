@@ -1,0 +1,19 @@
+//! Schema of the job history. Applied by `ansible-runner-service migrate`, and
+//! at the start of `serve` and `worker`. Works on MariaDB/MySQL and SQLite.
+//!
+//! Times are stored as BIGINT microseconds since the Unix epoch (UTC): the same
+//! exact ordering and precision on every backend, with no time-zone conversion.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_create_jobs;
+
+/// Runs this crate's migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_create_jobs::Migration)]
+    }
+}

@@ -1,0 +1,146 @@
+//! Command line and environment: every flag has an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::Settings;
+use crate::domain::validate::Limits;
+use crate::worker::DEFAULT_STDOUT_CAP;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ansible-runner-service",
+    version,
+    about = "Runs approved Ansible playbooks over gRPC and keeps their history"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API, with in-process workers (--workers 0 for API only).
+    Serve(ServeArgs),
+    /// Run jobs only, sharing the database and Redis with API servers.
+    Worker(WorkerArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// History database: mysql://user:pass@host/db, or sqlite://path (the default).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/ansible-runner.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC API.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Redis for live state, dispatch and fan-out; unset: in-process (one process only).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "ars")]
+    pub redis_prefix: String,
+    /// Folder of the playbook catalogue.
+    #[arg(long, env = "PLAYBOOKS_DIR", default_value = "playbooks")]
+    pub playbooks_dir: PathBuf,
+    /// Jobs this process runs at once (default: the number of cores); 0 with `serve` for an API server only.
+    #[arg(long, env = "WORKER_CONCURRENCY")]
+    pub workers: Option<usize>,
+    /// ansible-playbook to run: a path, or a name looked up on PATH.
+    #[arg(long, env = "ANSIBLE_PLAYBOOK", default_value = "ansible-playbook")]
+    pub ansible_playbook: PathBuf,
+    /// Seconds a worker's claim on a job lasts without renewal.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+    /// Seconds between two sweeps (lost workers, lost dispatches).
+    #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 5)]
+    pub sweep_interval_seconds: u64,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped.
+    #[arg(long, env = "KILL_GRACE_SECONDS", default_value_t = 10)]
+    pub kill_grace_seconds: u64,
+    /// Seconds running jobs may go on after SIGTERM/SIGINT before they are canceled (SHUTDOWN).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// Timeout of a job that sets none.
+    #[arg(long, env = "DEFAULT_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub default_timeout_seconds: u32,
+    /// Largest timeout_seconds a request may set.
+    #[arg(long, env = "MAX_TIMEOUT_SECONDS", default_value_t = 86_400)]
+    pub max_timeout_seconds: u32,
+    /// Largest options.forks a request may set.
+    #[arg(long, env = "MAX_FORKS", default_value_t = 100)]
+    pub max_forks: u32,
+    /// Most hosts an inventory may name.
+    #[arg(long, env = "MAX_HOSTS", default_value_t = 1000)]
+    pub max_hosts: usize,
+    /// Let extra_vars set ansible_* variables.
+    #[arg(long, env = "ALLOW_ANSIBLE_VARS", default_value_t = false)]
+    pub allow_ansible_vars: bool,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            database_url: self.store.database_url.clone(),
+            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_prefix: self.redis_prefix.clone(),
+            playbooks_dir: self.playbooks_dir.clone(),
+            workers: self.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            }),
+            ansible_playbook: self.ansible_playbook.clone(),
+            limits: Limits {
+                max_hosts: self.max_hosts,
+                max_forks: self.max_forks,
+                default_timeout_seconds: self.default_timeout_seconds,
+                max_timeout_seconds: self.max_timeout_seconds,
+                allow_ansible_vars: self.allow_ansible_vars,
+                ..Limits::default()
+            },
+            lease: Duration::from_secs(self.lease_seconds.max(3)),
+            sweep_interval: Duration::from_secs(self.sweep_interval_seconds.max(1)),
+            redispatch_after: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(self.kill_grace_seconds),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            stdout_cap: DEFAULT_STDOUT_CAP,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+use std::fmt;
+
+/// A problem with one field of a request, reported back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path, e.g. `options.verbosity` or `extra_vars.name`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the service, by what the caller can do
+/// about it. `grpc::status` maps each variant to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {}", join(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    #[error("playbook {0:?} is not in the catalogue")]
+    PlaybookNotFound(String),
+    #[error("{0}")]
+    InvalidState(String),
+    /// The history database (or another dependency the request needs) cannot
+    /// be reached; nothing was written.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+    #[error("internal error: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Source,
+    },
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(context: impl Into<String>, source: impl Into<Source>) -> Self {
+        Error::Internal {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+fn join(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,466 @@
+//! Input rules for SubmitJob. Everything a caller sends is data: each value
+//! that reaches the ansible-playbook command line or its files is checked here
+//! first, and every problem is reported with the field it concerns.
+
+use serde_json::{Map, Value};
+
+use super::{Error, FieldViolation, Inventory, JobOptions, JobSpec};
+
+/// Configurable bounds on a submission.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_hosts: usize,
+    pub max_forks: u32,
+    pub default_timeout_seconds: u32,
+    pub max_timeout_seconds: u32,
+    pub max_extra_vars_depth: usize,
+    pub max_extra_vars_bytes: usize,
+    /// Let extra_vars set `ansible_*` variables (connection, become, ...).
+    pub allow_ansible_vars: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_hosts: 1000,
+            max_forks: 100,
+            default_timeout_seconds: 3600,
+            max_timeout_seconds: 86_400,
+            max_extra_vars_depth: 32,
+            max_extra_vars_bytes: 1 << 20,
+            allow_ansible_vars: false,
+        }
+    }
+}
+
+/// The inventory as the caller gave it, before validation.
+#[derive(Debug, Clone)]
+pub enum RawInventory {
+    Unset,
+    Hosts(String),
+    Inline(Map<String, Value>),
+}
+
+/// A SubmitJob request in domain terms, before validation.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub playbook: String,
+    pub extra_vars: Map<String, Value>,
+    pub inventory: RawInventory,
+    pub options: JobOptions,
+    pub timeout_seconds: u32,
+    pub request_id: String,
+}
+
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+pub const MAX_PLAYBOOK_NAME_BYTES: usize = 255;
+const SHELL_META: &[char] = &[
+    ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '\\', '"', '\'', '*', '?', '!', '#', '~',
+];
+
+/// Checks a submission and returns the spec to store, or every violation.
+/// Whether the playbook exists in the catalogue is checked by the caller.
+pub fn submission(sub: Submission, limits: &Limits) -> Result<(JobSpec, Option<String>), Error> {
+    let mut violations = Vec::new();
+    let mut check = |field: &str, result: Result<(), String>| {
+        if let Err(description) = result {
+            violations.push(FieldViolation::new(field, description));
+        }
+    };
+
+    check("playbook", playbook_name(&sub.playbook));
+    check("request_id", request_id(&sub.request_id));
+    check("options.limit", pattern(&sub.options.limit, true));
+    for (i, tag) in sub.options.tags.iter().enumerate() {
+        check(&format!("options.tags[{i}]"), tag_name(tag));
+    }
+    for (i, tag) in sub.options.skip_tags.iter().enumerate() {
+        check(&format!("options.skip_tags[{i}]"), tag_name(tag));
+    }
+    check(
+        "options.verbosity",
+        (sub.options.verbosity <= 4)
+            .then_some(())
+            .ok_or_else(|| format!("must be 0 to 4, got {}", sub.options.verbosity)),
+    );
+    check(
+        "options.forks",
+        (sub.options.forks <= limits.max_forks)
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "must be 0 (Ansible's default) to {}, got {}",
+                    limits.max_forks, sub.options.forks
+                )
+            }),
+    );
+    check(
+        "timeout_seconds",
+        (sub.timeout_seconds <= limits.max_timeout_seconds)
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "must be 0 (the default, {} s) to {}, got {}",
+                    limits.default_timeout_seconds, limits.max_timeout_seconds, sub.timeout_seconds
+                )
+            }),
+    );
+    check("extra_vars", extra_vars(&sub.extra_vars, limits));
+
+    let inventory = match sub.inventory {
+        RawInventory::Unset => Some(Inventory::Localhost),
+        RawInventory::Hosts(list) => match hosts(&list, limits.max_hosts) {
+            Ok(hosts) => Some(Inventory::Hosts(hosts)),
+            Err(e) => {
+                violations.push(FieldViolation::new("inventory.hosts", e));
+                None
+            }
+        },
+        RawInventory::Inline(doc) => match inline_inventory(&doc, limits.max_hosts) {
+            Ok(()) => Some(Inventory::Inline(doc)),
+            Err(e) => {
+                violations.push(FieldViolation::new("inventory.inline", e));
+                None
+            }
+        },
+    };
+
+    match inventory {
+        Some(inventory) if violations.is_empty() => {
+            let timeout_seconds = if sub.timeout_seconds == 0 {
+                limits.default_timeout_seconds
+            } else {
+                sub.timeout_seconds
+            };
+            let request_id = (!sub.request_id.is_empty()).then_some(sub.request_id);
+            Ok((
+                JobSpec {
+                    playbook: sub.playbook,
+                    extra_vars: sub.extra_vars,
+                    inventory,
+                    options: sub.options,
+                    timeout_seconds,
+                },
+                request_id,
+            ))
+        }
+        _ => Err(Error::InvalidArgument(violations)),
+    }
+}
+
+/// A playbook name: a relative path inside the catalogue ending in .yml or
+/// .yaml, without `..`, empty or hidden segments, or a leading `-`.
+pub fn playbook_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is required (see ListPlaybooks)".into());
+    }
+    if name.len() > MAX_PLAYBOOK_NAME_BYTES {
+        return Err(format!("must be at most {MAX_PLAYBOOK_NAME_BYTES} bytes"));
+    }
+    if name.contains('\0') {
+        return Err("must not contain a NUL byte".into());
+    }
+    if name.starts_with('/') {
+        return Err("must be a name in the catalogue, not an absolute path".into());
+    }
+    if name.starts_with('-') {
+        return Err("must not start with '-'".into());
+    }
+    if !(name.ends_with(".yml") || name.ends_with(".yaml")) {
+        return Err("must end in .yml or .yaml".into());
+    }
+    for segment in name.split('/') {
+        if segment == ".." {
+            return Err("must not contain '..'".into());
+        }
+        if segment.is_empty() || segment.starts_with('.') || segment.starts_with('-') {
+            return Err(format!("has an invalid path segment {segment:?}"));
+        }
+        if !segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err("may contain only letters, digits, '.', '_', '-' and '/'".into());
+        }
+    }
+    Ok(())
+}
+
+fn request_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(format!("must be at most {MAX_REQUEST_ID_BYTES} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// One host name: no leading `-`, no whitespace, commas or shell characters.
+pub fn host_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("has an empty host name".into());
+    }
+    if host.len() > 255 {
+        return Err("has a host name over 255 bytes".into());
+    }
+    if host.starts_with('-') {
+        return Err(format!("host {host:?} must not start with '-'"));
+    }
+    if host.starts_with('@') {
+        return Err(format!("host {host:?} must not start with '@'"));
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',' || SHELL_META.contains(&c))
+    {
+        return Err(format!(
+            "host {host:?} must not contain whitespace, commas or shell characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A comma-separated host list such as "web1,web2".
+pub fn hosts(list: &str, max_hosts: usize) -> Result<Vec<String>, String> {
+    let hosts: Vec<String> = list.split(',').map(str::to_owned).collect();
+    if hosts.len() > max_hosts {
+        return Err(format!("has more than {max_hosts} hosts"));
+    }
+    for host in &hosts {
+        host_name(host)?;
+    }
+    Ok(hosts)
+}
+
+/// An inline inventory: `{group: {hosts: {name: vars}, children: {group: ..}, vars: {..}}}`.
+pub fn inline_inventory(doc: &Map<String, Value>, max_hosts: usize) -> Result<(), String> {
+    if doc.is_empty() {
+        return Err("must have at least one group, e.g. {\"all\": {\"hosts\": {...}}}".into());
+    }
+    let mut host_count = 0;
+    for (group, body) in doc {
+        inventory_group(group, body, &mut host_count, max_hosts, 0)?;
+    }
+    Ok(())
+}
+
+fn inventory_group(
+    name: &str,
+    body: &Value,
+    host_count: &mut usize,
+    max_hosts: usize,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > 16 {
+        return Err("nests groups deeper than 16 levels".into());
+    }
+    if !is_identifier(name) {
+        return Err(format!(
+            "group {name:?} must be an identifier (letters, digits, '_')"
+        ));
+    }
+    let body = match body {
+        Value::Null => return Ok(()),
+        Value::Object(body) => body,
+        _ => return Err(format!("group {name:?} must be an object")),
+    };
+    for (key, value) in body {
+        match (key.as_str(), value) {
+            ("hosts", Value::Object(hosts)) => {
+                for (host, vars) in hosts {
+                    host_name(host)?;
+                    if !(vars.is_null() || vars.is_object()) {
+                        return Err(format!("vars of host {host:?} must be an object"));
+                    }
+                    *host_count += 1;
+                    if *host_count > max_hosts {
+                        return Err(format!("has more than {max_hosts} hosts"));
+                    }
+                }
+            }
+            ("children", Value::Object(children)) => {
+                for (child, child_body) in children {
+                    inventory_group(child, child_body, host_count, max_hosts, depth + 1)?;
+                }
+            }
+            ("vars", Value::Object(_)) => {}
+            ("hosts" | "children" | "vars", Value::Null) => {}
+            ("hosts" | "children" | "vars", _) => {
+                return Err(format!("{key:?} of group {name:?} must be an object"))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "group {name:?} has key {other:?}; allowed: hosts, children, vars"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A host pattern (`--limit`): no leading `-` or `@`, no whitespace or shell
+/// characters other than Ansible's pattern operators.
+pub fn pattern(value: &str, allow_empty: bool) -> Result<(), String> {
+    if value.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err("must not be empty".into())
+        };
+    }
+    if value.len() > 1024 {
+        return Err("must be at most 1024 bytes".into());
+    }
+    if value.starts_with('-') || value.starts_with('@') {
+        return Err("must not start with '-' or '@'".into());
+    }
+    if value.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, ';' | '|' | '$' | '`' | '<' | '>' | '\\' | '"' | '\'')
+    }) {
+        return Err("must not contain whitespace or shell characters".into());
+    }
+    Ok(())
+}
+
+fn tag_name(tag: &str) -> Result<(), String> {
+    pattern(tag, false)?;
+    if tag.contains(',') {
+        return Err("must be one tag (no commas)".into());
+    }
+    Ok(())
+}
+
+/// A variable name as Ansible accepts it.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn extra_vars(vars: &Map<String, Value>, limits: &Limits) -> Result<(), String> {
+    for key in vars.keys() {
+        if !is_identifier(key) {
+            return Err(format!(
+                "key {key:?} must be an identifier (letters, digits and '_', not starting with a digit)"
+            ));
+        }
+        if !limits.allow_ansible_vars && key.starts_with("ansible_") {
+            return Err(format!(
+                "key {key:?}: variables starting with 'ansible_' are not allowed"
+            ));
+        }
+    }
+    let depth = vars.values().map(depth_of).max().unwrap_or(0) + 1;
+    if depth > limits.max_extra_vars_depth {
+        return Err(format!(
+            "nest at most {} levels deep",
+            limits.max_extra_vars_depth
+        ));
+    }
+    let size = serde_json::to_vec(vars)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > limits.max_extra_vars_bytes {
+        return Err(format!(
+            "must be at most {} bytes as JSON, got {size}",
+            limits.max_extra_vars_bytes
+        ));
+    }
+    Ok(())
+}
+
+fn depth_of(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn playbook_names() {
+        for ok in ["hello.yml", "site/web.yaml", "a_b-c.yml"] {
+            assert_eq!(playbook_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x.yml",
+            "/etc/x.yml",
+            "-x.yml",
+            "a/../b.yml",
+            "x.txt",
+            "a\0.yml",
+            ".x.yml",
+            "a//b.yml",
+            "a b.yml",
+        ] {
+            assert!(playbook_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(playbook_name(&format!("{}.yml", "a".repeat(252))).is_err());
+    }
+
+    #[test]
+    fn host_lists() {
+        assert_eq!(hosts("web1,web2", 10).unwrap(), vec!["web1", "web2"]);
+        for bad in ["", "web1,", "-x", "a b", "a;b", "$(id)", "@file"] {
+            assert!(hosts(bad, 10).is_err(), "{bad:?} accepted");
+        }
+        assert!(hosts("a,b,c", 2).is_err());
+    }
+
+    #[test]
+    fn extra_var_keys_and_depth() {
+        let limits = Limits::default();
+        let ok: Map<String, Value> = serde_json::from_str(r#"{"who": "Ada", "_x": [1]}"#).unwrap();
+        assert!(extra_vars(&ok, &limits).is_ok());
+        for bad in [
+            r#"{"1x": 1}"#,
+            r#"{"a-b": 1}"#,
+            r#"{"ansible_user": "root"}"#,
+        ] {
+            let vars: Map<String, Value> = serde_json::from_str(bad).unwrap();
+            assert!(extra_vars(&vars, &limits).is_err(), "{bad} accepted");
+        }
+        let mut deep = Value::Null;
+        for _ in 0..40 {
+            deep = Value::Array(vec![deep]);
+        }
+        let vars: Map<String, Value> = [("deep".to_string(), deep)].into_iter().collect();
+        assert!(extra_vars(&vars, &limits).is_err());
+    }
+
+    #[test]
+    fn inline_inventory_shape() {
+        let ok: Map<String, Value> = serde_json::from_str(
+            r#"{"all": {"hosts": {"web1": {"x": 1}, "web2": null}, "children": {"db": {"hosts": {"db1": {}}}}, "vars": {}}}"#,
+        )
+        .unwrap();
+        assert!(inline_inventory(&ok, 10).is_ok());
+        for bad in [
+            r#"{}"#,
+            r#"{"all": {"hostz": {}}}"#,
+            r#"{"all": {"hosts": ["web1"]}}"#,
+            r#"{"all": {"hosts": {"-web": {}}}}"#,
+            r#"{"all": 3}"#,
+        ] {
+            let doc: Map<String, Value> = serde_json::from_str(bad).unwrap();
+            assert!(inline_inventory(&doc, 10).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern("web*:!db1", true).is_ok());
+        assert!(pattern("", true).is_ok());
+        for bad in ["-x", "@file", "a b", "a;b"] {
+            assert!(pattern(bad, true).is_err(), "{bad} accepted");
+        }
+    }
+}

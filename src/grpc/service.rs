@@ -1,0 +1,252 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::convert::{self, job_to_pb};
+use super::page_token::PageToken;
+use super::watch;
+use crate::app::AppState;
+use crate::domain::{validate, Error, Job};
+use crate::live::LiveMessage;
+use crate::pb::{self, job_service_server::JobService};
+use crate::store::{CancelOutcome, ListFilter};
+
+const DEFAULT_PAGE_SIZE: i32 = 20;
+const MAX_PAGE_SIZE: i32 = 100;
+
+/// The JobService implementation.
+pub struct JobApi {
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+}
+
+impl JobApi {
+    pub fn new(state: Arc<AppState>, shutdown: CancellationToken) -> Self {
+        JobApi { state, shutdown }
+    }
+}
+
+pub(crate) fn parse_job_id(id: &str) -> Result<Uuid, Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("job_id", "is required"));
+    }
+    Uuid::parse_str(id).map_err(|_| Error::invalid("job_id", "must be a job id (a UUID)"))
+}
+
+/// Current time at the precision the history keeps (microseconds).
+fn now() -> chrono::DateTime<chrono::Utc> {
+    crate::domain::from_micros(chrono::Utc::now().timestamp_micros())
+}
+
+impl AppState {
+    /// The job's current state: the live state first, then the history
+    /// (which also refills the live state).
+    pub async fn current_job(&self, id: Uuid) -> Result<Job, Error> {
+        match self.live.get_job(id).await {
+            Ok(Some(job)) => return Ok(job),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "live state unavailable; reading the history")
+            }
+        }
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+        if let Err(e) = self.live.put_job(&job).await {
+            tracing::debug!(job_id = %id, error = %e, "refilling the live state");
+        }
+        Ok(job)
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let submission = convert::submission(request.into_inner());
+        let (spec, request_id) = validate::submission(submission, &self.state.limits)?;
+        self.state.catalogue.resolve(&spec.playbook)?;
+        let job = Job::new(spec, request_id, now());
+        let (job, created) = self.state.store.insert_job(&job).await?;
+        if created {
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, "job submitted");
+            // The job is committed: from here a failure only delays it (the
+            // sweeper dispatches pending jobs the live state does not hold).
+            if let Err(e) = self.state.live.put_job(&job).await {
+                tracing::warn!(job_id = %job.id, error = %e, "storing the live state");
+            }
+            if let Err(e) = self.state.live.dispatch(job.id).await {
+                tracing::warn!(job_id = %job.id, error = %e, "dispatching; the sweeper will retry");
+            }
+        }
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job_to_pb(&job)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let id = parse_job_id(&request.get_ref().job_id)?;
+        let job = self.state.current_job(id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(job_to_pb(&job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        if req.page_size < 0 {
+            violations.push(crate::domain::FieldViolation::new(
+                "page_size",
+                format!("must not be negative, got {}", req.page_size),
+            ));
+        }
+        let status = convert::status_filter(req.status).unwrap_or_else(|e| {
+            violations.push(crate::domain::FieldViolation::new("status", e));
+            None
+        });
+        if req.playbook.len() > validate::MAX_PLAYBOOK_NAME_BYTES {
+            violations.push(crate::domain::FieldViolation::new(
+                "playbook",
+                format!(
+                    "must be at most {} bytes",
+                    validate::MAX_PLAYBOOK_NAME_BYTES
+                ),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations).into());
+        }
+        let filter = ListFilter {
+            status,
+            playbook: (!req.playbook.is_empty()).then_some(req.playbook),
+        };
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(PageToken::decode(&req.page_token, &filter)?.cursor)
+        };
+        let page = self
+            .state
+            .store
+            .list_jobs(&filter, page_size as u64, after.as_ref())
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.jobs.iter().map(job_to_pb).collect(),
+            next_page_token: page
+                .next
+                .map(|cursor| PageToken::new(cursor, &filter).encode())
+                .unwrap_or_default(),
+            total_size: page.total as i64,
+        }))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<pb::WatchJobResponse, Status>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let req = request.into_inner();
+        let id = parse_job_id(&req.job_id)?;
+        // Subscribe before the first read, so nothing falls between the two.
+        let subscription = self.state.live.hub().subscribe(id);
+        let job = self
+            .state
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(watch::produce(
+            self.state.clone(),
+            job,
+            req.after_sequence,
+            subscription,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = parse_job_id(&request.get_ref().job_id)?;
+        let mut changes = self.state.live.hub().subscribe(id);
+        let now = crate::domain::to_micros(now());
+        let job = match self.state.store.cancel(id, now).await? {
+            CancelOutcome::Canceled(job) => {
+                tracing::info!(job_id = %id, "pending job canceled");
+                crate::live::announce(self.state.live.as_ref(), &job).await;
+                job
+            }
+            CancelOutcome::Requested(job) => {
+                tracing::info!(job_id = %id, "cancel requested for a running job");
+                if let Err(e) = self.state.live.publish_cancel(id).await {
+                    // The worker also sees the request when it renews its lease.
+                    tracing::warn!(job_id = %id, error = %e, "publishing the cancel request");
+                }
+                // Answer with the terminal job when the stop is quick.
+                let wait = self.state.cancel_wait;
+                let ended = tokio::time::timeout(wait, async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(LiveMessage::Changed { status }) if status.is_terminal() => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                    }
+                })
+                .await;
+                match ended {
+                    Ok(()) => self.state.store.get_job(id).await?.unwrap_or(job),
+                    Err(_) => job,
+                }
+            }
+        };
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(job_to_pb(&job)),
+        }))
+    }
+
+    async fn list_playbooks(
+        &self,
+        _request: Request<pb::ListPlaybooksRequest>,
+    ) -> Result<Response<pb::ListPlaybooksResponse>, Status> {
+        let catalogue = self.state.catalogue.clone();
+        let playbooks = tokio::task::spawn_blocking(move || catalogue.list())
+            .await
+            .map_err(|e| Error::internal("list playbooks", e))??;
+        Ok(Response::new(pb::ListPlaybooksResponse {
+            playbooks: playbooks
+                .into_iter()
+                .map(|p| pb::Playbook {
+                    name: p.name,
+                    description: p.description,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,81 @@
+//! Domain errors as gRPC statuses with google.rpc details.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::Error;
+
+/// The domain of every ErrorInfo this service returns.
+pub const ERROR_DOMAIN: &str = "ansible-runner.v1";
+
+fn with_reason(code: Code, message: String, reason: &str, mut details: ErrorDetails) -> Status {
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match error {
+            Error::InvalidArgument(violations) => {
+                let message = error_message(&violations);
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                with_reason(Code::InvalidArgument, message, "INVALID_ARGUMENT", details)
+            }
+            Error::JobNotFound(id) => with_reason(
+                Code::NotFound,
+                format!("job {id} not found"),
+                "JOB_NOT_FOUND",
+                ErrorDetails::new(),
+            ),
+            Error::PlaybookNotFound(name) => with_reason(
+                Code::NotFound,
+                format!("playbook {name:?} is not in the catalogue (see ListPlaybooks)"),
+                "PLAYBOOK_NOT_FOUND",
+                ErrorDetails::new(),
+            ),
+            Error::InvalidState(message) => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "INVALID_STATE",
+                ErrorDetails::new(),
+            ),
+            Error::Unavailable { what, source } => {
+                tracing::warn!(error = %source, "{what} is unavailable");
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+                with_reason(
+                    Code::Unavailable,
+                    format!("{what} is unavailable; nothing was changed, retry later"),
+                    "UNAVAILABLE",
+                    details,
+                )
+            }
+            Error::Internal { context, source } => {
+                tracing::error!(context, error = %error_chain(source.as_ref()), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn error_message(violations: &[crate::domain::FieldViolation]) -> String {
+    let parts: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    format!("invalid request: {}", parts.join("; "))
+}
+
+/// "outer: inner: innermost", for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,134 @@
+//! The WatchJob producer: snapshot, events in sequence without gaps or
+//! duplicates, then the terminal job. Events arrive through the fan-out while
+//! the watcher keeps up; whenever it falls behind, misses a message or is
+//! unsure, it reads from the history, which holds every event before the
+//! terminal status is committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::convert::{event_to_pb, job_to_pb};
+use crate::app::AppState;
+use crate::domain::{Error, Job};
+use crate::live::LiveMessage;
+use crate::pb::{watch_job_response::Kind, WatchJobResponse};
+
+/// How often a watcher re-checks the history without a fan-out message:
+/// a safety net for messages lost while the live state was unreachable.
+const RECHECK: Duration = Duration::from_secs(2);
+/// Events read from the history per query.
+const CATCH_UP_BATCH: u64 = 500;
+
+type Tx = mpsc::Sender<Result<WatchJobResponse, Status>>;
+
+pub async fn produce(
+    state: Arc<AppState>,
+    job: Job,
+    after_sequence: u64,
+    mut subscription: broadcast::Receiver<LiveMessage>,
+    tx: Tx,
+    shutdown: CancellationToken,
+) {
+    let job_id = job.id;
+    let stream = async {
+        let mut last = after_sequence;
+        send(&tx, last, Kind::Snapshot(job_to_pb(&job))).await?;
+        let mut job = job;
+        loop {
+            // The status is read before the events: a terminal status is
+            // committed after the run's last event, so the read below sees all.
+            let terminal = job.status.is_terminal();
+            last = catch_up(&state, &tx, job_id, last).await?;
+            if terminal {
+                send(&tx, last, Kind::StatusChange(job_to_pb(&job))).await?;
+                return Ok(());
+            }
+            let recheck = tokio::time::sleep(RECHECK);
+            tokio::pin!(recheck);
+            // Follow the fan-out until something sends us back to the history.
+            loop {
+                tokio::select! {
+                    received = subscription.recv() => match received {
+                        Ok(LiveMessage::Event(event)) if event.seq == last + 1 => {
+                            last = event.seq;
+                            send(&tx, last, Kind::Event(event_to_pb(&event))).await?;
+                        }
+                        Ok(LiveMessage::Event(event)) if event.seq <= last => {}
+                        Ok(LiveMessage::Changed { status }) if !status.is_terminal() => {}
+                        // A gap, a terminal status, or a lag: read the history.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            subscription = state.live.hub().subscribe(job_id);
+                            break;
+                        }
+                    },
+                    _ = &mut recheck => break,
+                    _ = tx.closed() => return Err(Stop::ClientGone),
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+            }
+            job = state
+                .store
+                .get_job(job_id)
+                .await
+                .map_err(Stop::Failed)?
+                .ok_or_else(|| Stop::Failed(Error::JobNotFound(job_id.to_string())))?;
+        }
+    };
+    match stream.await {
+        Ok(()) | Err(Stop::ClientGone) => {}
+        Err(Stop::Shutdown) => {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the server is shutting down; resume with after_sequence",
+                )))
+                .await;
+        }
+        Err(Stop::Failed(e)) => {
+            let _ = tx.send(Err(e.into())).await;
+        }
+    }
+}
+
+enum Stop {
+    ClientGone,
+    Shutdown,
+    Failed(Error),
+}
+
+async fn send(tx: &Tx, sequence: u64, kind: Kind) -> Result<(), Stop> {
+    tx.send(Ok(WatchJobResponse {
+        sequence,
+        kind: Some(kind),
+    }))
+    .await
+    .map_err(|_| Stop::ClientGone)
+}
+
+/// Sends every stored event after `last`; returns the new last sequence.
+async fn catch_up(
+    state: &AppState,
+    tx: &Tx,
+    job_id: uuid::Uuid,
+    mut last: u64,
+) -> Result<u64, Stop> {
+    loop {
+        let events = state
+            .store
+            .events_after(job_id, last, CATCH_UP_BATCH)
+            .await
+            .map_err(Stop::Failed)?;
+        let done = (events.len() as u64) < CATCH_UP_BATCH;
+        for event in &events {
+            last = event.seq;
+            send(tx, last, Kind::Event(event_to_pb(event))).await?;
+        }
+        if done {
+            return Ok(last);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Live state: each job's current state for fast reads, the dispatch of
+//! pending jobs to workers, and the fan-out of events and cancel requests to
+//! every process. Redis (fred) when several processes share it; in-process
+//! memory for the embedded default. Nothing here is the truth: all of it can
+//! be rebuilt from the history.
+
+mod hub;
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::domain::{Error, Job, JobEvent, JobStatus};
+
+pub use hub::Hub;
+pub use memory::MemoryLive;
+pub use redis::RedisLive;
+
+/// How long a job's live state is kept after its last update.
+pub const JOB_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What watchers of one job receive through the fan-out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LiveMessage {
+    /// An event, published only after it is stored in the history.
+    Event(JobEvent),
+    /// The job's status changed (committed in the history first).
+    Changed { status: JobStatus },
+}
+
+/// A failure of the live-state backend.
+#[derive(Debug, thiserror::Error)]
+#[error("live state: {0}")]
+pub struct LiveError(pub String);
+
+impl From<LiveError> for Error {
+    fn from(e: LiveError) -> Self {
+        Error::Unavailable {
+            what: "the live state",
+            source: Box::new(e),
+        }
+    }
+}
+
+#[async_trait]
+pub trait LiveState: Send + Sync + 'static {
+    /// Stores the job's current state for `JOB_TTL`.
+    async fn put_job(&self, job: &Job) -> Result<(), LiveError>;
+    /// The job's current state, if known here.
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, LiveError>;
+    /// Hands a PENDING job to the workers. Delivery may repeat; claims in the
+    /// history make that harmless.
+    async fn dispatch(&self, id: Uuid) -> Result<(), LiveError>;
+    /// Takes the next dispatched job, waiting up to `wait`.
+    async fn next_dispatched(&self, wait: Duration) -> Result<Option<Uuid>, LiveError>;
+    /// How many dispatched jobs no worker has taken yet.
+    async fn queue_len(&self) -> Result<u64, LiveError>;
+    /// Sends a message to every watcher of the job, in every process.
+    async fn publish(&self, job_id: Uuid, message: &LiveMessage) -> Result<(), LiveError>;
+    /// Tells every worker that the job should stop.
+    async fn publish_cancel(&self, job_id: Uuid) -> Result<(), LiveError>;
+    /// This process's receiving end of the fan-out.
+    fn hub(&self) -> &Hub;
+    /// Releases connections.
+    async fn close(&self);
+}
+
+/// Subscribes to one job's messages in this process.
+pub fn subscribe(live: &dyn LiveState, job_id: Uuid) -> broadcast::Receiver<LiveMessage> {
+    live.hub().subscribe(job_id)
+}
+
+/// Connects the configured backend: Redis when a URL is given, else memory.
+pub async fn connect(
+    redis_url: Option<&str>,
+    key_prefix: &str,
+) -> Result<Arc<dyn LiveState>, Error> {
+    Ok(match redis_url {
+        Some(url) => Arc::new(RedisLive::connect(url, key_prefix).await?),
+        None => Arc::new(MemoryLive::new()),
+    })
+}
+
+/// Publishes a job's new state (already committed to the history) to the
+/// live state and to its watchers. Failures only delay readers, who fall back
+/// to the history, so they are logged, not returned.
+pub async fn announce(live: &dyn LiveState, job: &Job) {
+    if let Err(e) = live.put_job(job).await {
+        tracing::warn!(job_id = %job.id, error = %e, "updating the live state");
+    }
+    let changed = LiveMessage::Changed { status: job.status };
+    if let Err(e) = live.publish(job.id, &changed).await {
+        tracing::warn!(job_id = %job.id, error = %e, "publishing a status change");
+    }
+}

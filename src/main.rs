@@ -1,0 +1,83 @@
+use std::process::ExitCode;
+
+use ansible_runner_service::app::{self, AppState};
+use ansible_runner_service::config::{Cli, Command, LogFormat};
+use ansible_runner_service::domain::Error;
+use ansible_runner_service::store::Store;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{}", ansible_runner_service::grpc::error_chain(&e));
+            eprintln!("error: {}", ansible_runner_service::grpc::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Migrate(args) => {
+            let store = Store::connect(&args.database_url).await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+            store.close().await;
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let settings = args.run.settings();
+            let state = AppState::connect(&settings).await?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| Error::internal(format!("listen on {}", args.listen), e))?;
+            app::serve(listener, state, &settings, shutdown_on_signal()).await
+        }
+        Command::Worker(args) => {
+            let settings = args.run.settings();
+            let state = AppState::connect(&settings).await?;
+            let result = app::run_workers(state.clone(), &settings, shutdown_on_signal()).await;
+            state.close().await;
+            result
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

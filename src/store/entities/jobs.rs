@@ -1,0 +1,51 @@
+use sea_orm::entity::prelude::*;
+
+/// One row per job. Times are microseconds since the Unix epoch (UTC).
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "jobs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub request_id: Option<String>,
+    pub status: String,
+    pub playbook: String,
+    #[sea_orm(column_type = "Text")]
+    pub extra_vars: String,
+    #[sea_orm(column_type = "Text")]
+    pub inventory: String,
+    #[sea_orm(column_type = "Text")]
+    pub options: String,
+    pub timeout_seconds: i32,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub rc: Option<i32>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub stdout: Option<String>,
+    pub stdout_truncated: bool,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub stats: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error: Option<String>,
+    pub error_reason: Option<String>,
+    pub attempt: i32,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested: bool,
+    pub run_host: Option<String>,
+    pub run_pgid: Option<i32>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::job_events::Entity")]
+    JobEvents,
+}
+
+impl Related<super::job_events::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::JobEvents.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,4 @@
+//! SeaORM entities of the history; the schema itself lives in the `migration` crate.
+
+pub mod job_events;
+pub mod jobs;

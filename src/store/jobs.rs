@@ -1,0 +1,474 @@
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, Iterable, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr,
+};
+use uuid::Uuid;
+
+use super::entities::jobs::{self, Column};
+use super::{db_error, Store};
+use crate::domain::{
+    from_micros, to_micros, Error, ErrorReason, HostStats, Job, JobResult, JobStatus, Outcome,
+};
+
+/// Where a page of ListJobs starts: just after this (created_at, id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: Uuid,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<JobStatus>,
+    pub playbook: Option<String>,
+}
+
+pub struct ListPage {
+    pub jobs: Vec<Job>,
+    /// Set when more jobs follow this page.
+    pub next: Option<Cursor>,
+    pub total: u64,
+}
+
+/// Result of a cancel request.
+pub enum CancelOutcome {
+    /// The job was PENDING and is now CANCELED.
+    Canceled(Job),
+    /// The job is RUNNING; its worker will stop it.
+    Requested(Job),
+}
+
+impl Store {
+    /// Commits a new job. When its request_id was seen before, returns the
+    /// job that request created instead (and `false`).
+    pub async fn insert_job(&self, job: &Job) -> Result<(Job, bool), Error> {
+        if let Some(request_id) = &job.request_id {
+            if let Some(existing) = self.find_by_request_id(request_id).await? {
+                return Ok((existing, false));
+            }
+        }
+        let row = to_row(job)?;
+        match jobs::Entity::insert(row)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok((job.clone(), true)),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                let request_id = job.request_id.as_deref().unwrap_or_default();
+                match self.find_by_request_id(request_id).await? {
+                    Some(existing) => Ok((existing, false)),
+                    None => Err(db_error("insert job", e)),
+                }
+            }
+            Err(e) => Err(db_error("insert job", e)),
+        }
+    }
+
+    async fn find_by_request_id(&self, request_id: &str) -> Result<Option<Job>, Error> {
+        jobs::Entity::find()
+            .filter(Column::RequestId.eq(request_id))
+            .one(&self.db)
+            .await
+            .map_err(|e| db_error("find job by request_id", e))?
+            .map(from_row)
+            .transpose()
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, Error> {
+        jobs::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(|e| db_error("get job", e))?
+            .map(from_row)
+            .transpose()
+    }
+
+    /// One page of the history, newest first, by keyset on (created_at, id).
+    /// Listed jobs carry no stdout (GetJob has it), to keep pages small.
+    pub async fn list_jobs(
+        &self,
+        filter: &ListFilter,
+        page_size: u64,
+        after: Option<&Cursor>,
+    ) -> Result<ListPage, Error> {
+        let mut base = jobs::Entity::find();
+        if let Some(status) = filter.status {
+            base = base.filter(Column::Status.eq(status.as_str()));
+        }
+        if let Some(playbook) = &filter.playbook {
+            base = base.filter(Column::Playbook.eq(playbook.as_str()));
+        }
+        let total = base
+            .clone()
+            .count(&self.db)
+            .await
+            .map_err(|e| db_error("count jobs", e))?;
+
+        let mut page = base;
+        if let Some(cursor) = after {
+            page = page.filter(
+                Condition::any()
+                    .add(Column::CreatedAt.lt(cursor.created_at))
+                    .add(
+                        Condition::all()
+                            .add(Column::CreatedAt.eq(cursor.created_at))
+                            .add(Column::Id.lt(cursor.id.to_string())),
+                    ),
+            );
+        }
+        let rows = page
+            .select_only()
+            .columns(Column::iter().filter(|c| !matches!(c, Column::Stdout)))
+            .column_as(Expr::cust("NULL"), "stdout")
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(page_size + 1)
+            .into_model::<jobs::Model>()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("list jobs", e))?;
+        let mut jobs = rows
+            .into_iter()
+            .map(from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if jobs.len() as u64 > page_size {
+            jobs.truncate(page_size as usize);
+            jobs.last().map(|last| Cursor {
+                created_at: to_micros(last.created_at),
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok(ListPage { jobs, next, total })
+    }
+
+    /// Claims a PENDING job for `worker_id`: PENDING → RUNNING, attempt + 1,
+    /// lease until `lease_until`. Only one claimant can win; a duplicate
+    /// delivery of the same job gets `None`.
+    pub async fn claim(
+        &self,
+        id: Uuid,
+        worker_id: &str,
+        run_host: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Job>, Error> {
+        let claimed = jobs::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(JobStatus::Running.as_str()))
+            .col_expr(Column::Attempt, Expr::col(Column::Attempt).add(1))
+            .col_expr(Column::WorkerId, Expr::value(worker_id))
+            .col_expr(Column::RunHost, Expr::value(run_host))
+            .col_expr(Column::StartedAt, Expr::value(now))
+            .col_expr(Column::LeaseExpiresAt, Expr::value(lease_until))
+            .filter(Column::Id.eq(id.to_string()))
+            .filter(Column::Status.eq(JobStatus::Pending.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("claim job", e))?;
+        if claimed.rows_affected != 1 {
+            return Ok(None);
+        }
+        self.get_job(id).await
+    }
+
+    fn fenced(id: Uuid, attempt: u32, worker_id: &str) -> Condition {
+        Condition::all()
+            .add(Column::Id.eq(id.to_string()))
+            .add(Column::Status.eq(JobStatus::Running.as_str()))
+            .add(Column::Attempt.eq(attempt as i32))
+            .add(Column::WorkerId.eq(worker_id))
+    }
+
+    /// Extends the lease of a run this worker holds. Returns `None` when the
+    /// lease is lost (the job ended or another attempt owns it), else whether
+    /// a cancel was requested.
+    pub async fn renew_lease(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker_id: &str,
+        lease_until: i64,
+    ) -> Result<Option<bool>, Error> {
+        let renewed = jobs::Entity::update_many()
+            .col_expr(Column::LeaseExpiresAt, Expr::value(lease_until))
+            .filter(Self::fenced(id, attempt, worker_id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("renew lease", e))?;
+        if renewed.rows_affected != 1 {
+            return Ok(None);
+        }
+        let row = jobs::Entity::find_by_id(id.to_string())
+            .select_only()
+            .column(Column::CancelRequested)
+            .into_tuple::<bool>()
+            .one(&self.db)
+            .await
+            .map_err(|e| db_error("read cancel flag", e))?;
+        Ok(Some(row.unwrap_or(false)))
+    }
+
+    /// Records the process group of a run, so a later life of the worker on
+    /// the same host can clean it up.
+    pub async fn record_pgid(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker_id: &str,
+        pgid: i32,
+    ) -> Result<bool, Error> {
+        let updated = jobs::Entity::update_many()
+            .col_expr(Column::RunPgid, Expr::value(pgid))
+            .filter(Self::fenced(id, attempt, worker_id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("record process group", e))?;
+        Ok(updated.rows_affected == 1)
+    }
+
+    /// Ends a run this worker holds. Returns the terminal job, or `None` when
+    /// the lease was lost and nothing was written.
+    pub async fn finish(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker_id: &str,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Result<Option<Job>, Error> {
+        let mut update = jobs::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(outcome.status.as_str()))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .col_expr(Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+            .col_expr(Column::Error, Expr::value(outcome.error.clone()))
+            .col_expr(
+                Column::ErrorReason,
+                Expr::value(outcome.error_reason.map(|r| r.as_str().to_owned())),
+            );
+        if let Some(result) = &outcome.result {
+            let stats = serde_json::to_string(&result.stats)
+                .map_err(|e| Error::internal("encode stats", e))?;
+            update = update
+                .col_expr(Column::Rc, Expr::value(result.rc))
+                .col_expr(Column::Stdout, Expr::value(result.stdout.clone()))
+                .col_expr(
+                    Column::StdoutTruncated,
+                    Expr::value(result.stdout_truncated),
+                )
+                .col_expr(Column::Stats, Expr::value(stats));
+        }
+        let done = update
+            .filter(Self::fenced(id, attempt, worker_id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("finish job", e))?;
+        if done.rows_affected != 1 {
+            return Ok(None);
+        }
+        self.get_job(id).await
+    }
+
+    /// Cancels a job: at once when PENDING, by asking its worker when RUNNING.
+    pub async fn cancel(&self, id: Uuid, now: i64) -> Result<CancelOutcome, Error> {
+        // A job moves forward only, so a few rounds settle any race.
+        for _ in 0..4 {
+            let job = self
+                .get_job(id)
+                .await?
+                .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+            match job.status {
+                JobStatus::Pending => {
+                    let done = jobs::Entity::update_many()
+                        .col_expr(Column::Status, Expr::value(JobStatus::Canceled.as_str()))
+                        .col_expr(Column::FinishedAt, Expr::value(now))
+                        .col_expr(Column::CancelRequested, Expr::value(true))
+                        .col_expr(Column::Error, Expr::value("canceled before it started"))
+                        .col_expr(
+                            Column::ErrorReason,
+                            Expr::value(ErrorReason::Canceled.as_str()),
+                        )
+                        .filter(Column::Id.eq(id.to_string()))
+                        .filter(Column::Status.eq(JobStatus::Pending.as_str()))
+                        .exec(&self.db)
+                        .await
+                        .map_err(|e| db_error("cancel job", e))?;
+                    if done.rows_affected == 1 {
+                        let job = self
+                            .get_job(id)
+                            .await?
+                            .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+                        return Ok(CancelOutcome::Canceled(job));
+                    }
+                }
+                JobStatus::Running => {
+                    let done = jobs::Entity::update_many()
+                        .col_expr(Column::CancelRequested, Expr::value(true))
+                        .filter(Column::Id.eq(id.to_string()))
+                        .filter(Column::Status.eq(JobStatus::Running.as_str()))
+                        .exec(&self.db)
+                        .await
+                        .map_err(|e| db_error("request cancel", e))?;
+                    if done.rows_affected == 1 {
+                        return Ok(CancelOutcome::Requested(job));
+                    }
+                }
+                status => {
+                    return Err(Error::InvalidState(format!(
+                        "job {id} is already {status}; only PENDING or RUNNING jobs can be canceled"
+                    )))
+                }
+            }
+        }
+        Err(Error::internal(
+            "cancel job",
+            format!("job {id} kept changing state"),
+        ))
+    }
+
+    /// Ends RUNNING jobs whose lease expired before `now` as FAILED /
+    /// WORKER_LOST, and returns them.
+    pub async fn expire_leases(&self, now: i64) -> Result<Vec<Job>, Error> {
+        let expired = jobs::Entity::find()
+            .filter(Column::Status.eq(JobStatus::Running.as_str()))
+            .filter(Column::LeaseExpiresAt.lt(now))
+            .limit(100)
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("find expired leases", e))?;
+        let mut ended = Vec::new();
+        for row in expired {
+            let done = jobs::Entity::update_many()
+                .col_expr(Column::Status, Expr::value(JobStatus::Failed.as_str()))
+                .col_expr(Column::FinishedAt, Expr::value(now))
+                .col_expr(
+                    Column::Error,
+                    Expr::value(format!(
+                        "worker {} stopped renewing its lease; the run's outcome is unknown",
+                        row.worker_id.as_deref().unwrap_or("?")
+                    )),
+                )
+                .col_expr(
+                    Column::ErrorReason,
+                    Expr::value(ErrorReason::WorkerLost.as_str()),
+                )
+                .col_expr(Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+                .filter(Column::Id.eq(row.id.clone()))
+                .filter(Column::Status.eq(JobStatus::Running.as_str()))
+                .filter(Column::Attempt.eq(row.attempt))
+                .filter(Column::LeaseExpiresAt.lt(now))
+                .exec(&self.db)
+                .await
+                .map_err(|e| db_error("expire lease", e))?;
+            if done.rows_affected == 1 {
+                if let Ok(id) = Uuid::parse_str(&row.id) {
+                    if let Some(job) = self.get_job(id).await? {
+                        ended.push(job);
+                    }
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Ids of PENDING jobs created before `before`, oldest first.
+    pub async fn pending_before(&self, before: i64, limit: u64) -> Result<Vec<Uuid>, Error> {
+        let ids = jobs::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Status.eq(JobStatus::Pending.as_str()))
+            .filter(Column::CreatedAt.lt(before))
+            .order_by_asc(Column::CreatedAt)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("find pending jobs", e))?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
+    }
+}
+
+fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
+    let json = |what: &str, value: Result<String, serde_json::Error>| {
+        value.map_err(|e| Error::internal(format!("encode {what}"), e))
+    };
+    Ok(jobs::ActiveModel {
+        id: Set(job.id.to_string()),
+        request_id: Set(job.request_id.clone()),
+        status: Set(job.status.as_str().to_owned()),
+        playbook: Set(job.spec.playbook.clone()),
+        extra_vars: Set(json(
+            "extra_vars",
+            serde_json::to_string(&job.spec.extra_vars),
+        )?),
+        inventory: Set(json(
+            "inventory",
+            serde_json::to_string(&job.spec.inventory),
+        )?),
+        options: Set(json("options", serde_json::to_string(&job.spec.options))?),
+        timeout_seconds: Set(job.spec.timeout_seconds as i32),
+        created_at: Set(to_micros(job.created_at)),
+        started_at: Set(job.started_at.map(to_micros)),
+        finished_at: Set(job.finished_at.map(to_micros)),
+        rc: Set(None),
+        stdout: Set(None),
+        stdout_truncated: Set(false),
+        stats: Set(None),
+        error: Set(job.error.clone()),
+        error_reason: Set(job.error_reason.map(|r| r.as_str().to_owned())),
+        attempt: Set(job.attempt as i32),
+        worker_id: Set(None),
+        lease_expires_at: Set(None),
+        cancel_requested: Set(false),
+        run_host: Set(None),
+        run_pgid: Set(None),
+    })
+}
+
+fn from_row(row: jobs::Model) -> Result<Job, Error> {
+    let corrupt =
+        |what: &str, e: String| Error::internal(format!("decode {what} of job {}", row.id), e);
+    let result = row.rc.map(|rc| -> Result<JobResult, Error> {
+        let stats: BTreeMap<String, HostStats> = match &row.stats {
+            Some(s) => serde_json::from_str(s).map_err(|e| corrupt("stats", e.to_string()))?,
+            None => BTreeMap::new(),
+        };
+        Ok(JobResult {
+            rc,
+            stdout: row.stdout.clone().unwrap_or_default(),
+            stdout_truncated: row.stdout_truncated,
+            stats,
+        })
+    });
+    Ok(Job {
+        id: Uuid::parse_str(&row.id).map_err(|e| corrupt("id", e.to_string()))?,
+        request_id: row.request_id.clone(),
+        status: row.status.parse().map_err(|e| corrupt("status", e))?,
+        spec: crate::domain::JobSpec {
+            playbook: row.playbook.clone(),
+            extra_vars: serde_json::from_str(&row.extra_vars)
+                .map_err(|e| corrupt("extra_vars", e.to_string()))?,
+            inventory: serde_json::from_str(&row.inventory)
+                .map_err(|e| corrupt("inventory", e.to_string()))?,
+            options: serde_json::from_str(&row.options)
+                .map_err(|e| corrupt("options", e.to_string()))?,
+            timeout_seconds: row.timeout_seconds.max(0) as u32,
+        },
+        created_at: from_micros(row.created_at),
+        started_at: row.started_at.map(from_micros),
+        finished_at: row.finished_at.map(from_micros),
+        result: result.transpose()?,
+        error: row.error.clone(),
+        error_reason: match &row.error_reason {
+            Some(r) => Some(r.parse().map_err(|e| corrupt("error_reason", e))?),
+            None => None,
+        },
+        attempt: row.attempt.max(0) as u32,
+    })
+}

@@ -1,0 +1,119 @@
+//! The history: jobs and their events in MariaDB (or SQLite in the embedded
+//! default) through SeaORM. It is the source of truth: a job exists once its
+//! row is committed, and every change after the claim is fenced by
+//! (attempt, worker id).
+
+pub mod entities;
+mod events;
+mod jobs;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+};
+
+use crate::domain::Error;
+
+pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage};
+
+/// Handle on the history database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (mysql://… or sqlite://…), creating the SQLite file
+    /// and its folder when needed.
+    pub async fn connect(url: &str) -> Result<Store, Error> {
+        let url = prepare_sqlite(url)?;
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(if url.starts_with("sqlite") { 8 } else { 32 })
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(|e| db_error("connect to the history database", e))?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            // WAL lets readers go on while a worker writes.
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
+                .await
+                .map_err(|e| db_error("configure SQLite", e))?;
+        }
+        Ok(Store { db })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        Migrator::up(&self.db, None)
+            .await
+            .map_err(|e| db_error("apply migrations", e))
+    }
+
+    pub async fn close(self) {
+        if let Err(e) = self.db.close().await {
+            tracing::warn!(error = %e, "closing the history database");
+        }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+/// For `sqlite:` URLs, makes sure the folder exists and the file is created.
+fn prepare_sqlite(url: &str) -> Result<String, Error> {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(url.to_owned());
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::internal(format!("create {}", dir.display()), e))?;
+            }
+        }
+    }
+    Ok(if query.is_empty() {
+        format!("sqlite://{path}?mode=rwc")
+    } else {
+        url.to_owned()
+    })
+}
+
+/// Maps a database error: lost connections become `Unavailable` (the caller
+/// may retry; nothing was written), anything else is internal.
+pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
+    use sea_orm::sqlx::Error as Sqlx;
+    let unavailable = match &e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
+            matches!(
+                inner,
+                Sqlx::Io(_)
+                    | Sqlx::PoolTimedOut
+                    | Sqlx::PoolClosed
+                    | Sqlx::WorkerCrashed
+                    | Sqlx::Tls(_)
+            )
+        }
+        _ => false,
+    };
+    if unavailable {
+        Error::Unavailable {
+            what: "the history database",
+            source: Box::new(e),
+        }
+    } else {
+        Error::internal(context, e)
+    }
+}

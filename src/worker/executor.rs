@@ -1,0 +1,402 @@
+//! Runs one playbook: `ansible-playbook` as a child process in its own process
+//! group, with an argument vector (no shell), `--` before the playbook path,
+//! extra vars and inventory in files of a private temporary folder, and events
+//! read from the repository's callback plugin through an inherited pipe.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::domain::{HostStats, Inventory, JobSpec};
+
+/// The callback plugin, shipped inside the binary and written next to each run.
+const CALLBACK_PLUGIN: &str = include_str!("../../ansible/callback_plugins/ars_events.py");
+/// The file descriptor the child writes events to.
+const EVENTS_FD: i32 = 3;
+
+/// Why a run is being stopped before it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancel,
+    Timeout,
+    Shutdown,
+    /// The worker lost its lease: someone else owns the job now.
+    LeaseLost,
+}
+
+/// One event as the callback plugin writes it (see ars_events.py).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawEvent {
+    pub event: String,
+    pub time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub task: String,
+    #[serde(default)]
+    pub play: String,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub event_data: Map<String, Value>,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Exit code; -1 when ended by a signal.
+    pub rc: i32,
+    pub stdout: String,
+    pub stdout_truncated: bool,
+    pub stats: BTreeMap<String, HostStats>,
+    /// Set when the run was stopped from outside.
+    pub stopped: Option<StopReason>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("could not prepare the run: {0}")]
+    Prepare(#[source] std::io::Error),
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings shared by every run of a worker.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub ansible_playbook: PathBuf,
+    /// How long a stopped run gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Bytes of stdout kept; the rest is read and dropped.
+    pub stdout_cap: usize,
+}
+
+pub const DEFAULT_STDOUT_CAP: usize = 16 << 20;
+
+impl Executor {
+    /// Runs `playbook` (already resolved inside the catalogue) for `spec`.
+    /// `started` receives the child's process group id once it runs.
+    pub async fn run(
+        &self,
+        playbook: &Path,
+        spec: &JobSpec,
+        events: mpsc::Sender<RawEvent>,
+        mut stop: watch::Receiver<Option<StopReason>>,
+        started: impl FnOnce(i32),
+    ) -> Result<RunOutput, ExecError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ars-job-")
+            .tempdir()
+            .map_err(ExecError::Prepare)?;
+        let args = prepare(dir.path(), playbook, spec).map_err(ExecError::Prepare)?;
+
+        let (events_read, events_write) = pipe().map_err(ExecError::Prepare)?;
+        let mut command = Command::new(&self.ansible_playbook);
+        command
+            .args(&args)
+            .current_dir(dir.path())
+            .env(
+                "ANSIBLE_CALLBACK_PLUGINS",
+                dir.path().join("callback_plugins"),
+            )
+            .env("ANSIBLE_STDOUT_CALLBACK", "ars_events")
+            .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1")
+            .env("ARS_EVENTS_FD", EVENTS_FD.to_string())
+            .env("ANSIBLE_LOCAL_TEMP", dir.path().join("tmp"))
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            .env("ANSIBLE_NOCOLOR", "True")
+            .env("ANSIBLE_FORCE_COLOR", "False")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let write_fd = events_write.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls are made:
+        // dup2 places the pipe's write end at EVENTS_FD (clearing CLOEXEC there).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(write_fd, EVENTS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| ExecError::Spawn {
+            program: self.ansible_playbook.display().to_string(),
+            source,
+        })?;
+        drop(events_write);
+        let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
+        started(pgid);
+
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            unreachable!("stdout and stderr are piped");
+        };
+        let output = tokio::spawn(collect_output(stdout, stderr, self.stdout_cap));
+        let reader = tokio::spawn(read_events(events_read, events));
+
+        let mut stopped = None;
+        let mut watching = true;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                changed = stop.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let Some(reason) = *stop.borrow_and_update() else { continue };
+                    stopped = Some(reason);
+                    tracing::info!(pgid, ?reason, "stopping the playbook");
+                    signal_group(pgid, libc::SIGTERM);
+                    match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                        Ok(status) => break status,
+                        Err(_) => {
+                            signal_group(pgid, libc::SIGKILL);
+                            break child.wait().await;
+                        }
+                    }
+                }
+            }
+        };
+        // Nothing of the run may outlive it: descendants left in the group go too.
+        signal_group(pgid, libc::SIGKILL);
+        let rc = match status {
+            Ok(status) => status.code().unwrap_or(-1),
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for ansible-playbook");
+                -1
+            }
+        };
+        let stats = match tokio::time::timeout(Duration::from_secs(10), reader).await {
+            Ok(Ok(stats)) => stats,
+            _ => BTreeMap::new(),
+        };
+        let (stdout, stdout_truncated) =
+            match tokio::time::timeout(Duration::from_secs(10), output).await {
+                Ok(Ok(out)) => out,
+                _ => (String::new(), false),
+            };
+        drop(dir);
+        Ok(RunOutput {
+            rc,
+            stdout,
+            stdout_truncated,
+            stats,
+            stopped,
+        })
+    }
+}
+
+/// Sends `signal` to every process of the group; a gone group is fine.
+pub fn signal_group(pgid: i32, signal: i32) {
+    if pgid > 1 {
+        // SAFETY: killpg has no memory-safety preconditions.
+        unsafe {
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us.
+    Ok(unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    })
+}
+
+/// Writes the run's files and returns ansible-playbook's arguments.
+fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<String>> {
+    let plugins = dir.join("callback_plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(plugins.join("ars_events.py"), CALLBACK_PLUGIN)?;
+
+    let inventory = match &spec.inventory {
+        Inventory::Localhost => json!({"all": {"hosts": {"localhost": {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        }}}}),
+        Inventory::Hosts(hosts) => {
+            let hosts: Map<String, Value> =
+                hosts.iter().map(|h| (h.clone(), Value::Null)).collect();
+            json!({"all": {"hosts": hosts}})
+        }
+        Inventory::Inline(doc) => Value::Object(doc.clone()),
+    };
+    // JSON is YAML: the yaml inventory plugin reads this file.
+    let inventory_path = dir.join("inventory.yml");
+    std::fs::write(&inventory_path, inventory.to_string())?;
+    let vars_path = dir.join("extra_vars.json");
+    std::fs::write(
+        &vars_path,
+        Value::Object(spec.extra_vars.clone()).to_string(),
+    )?;
+
+    let mut args = vec![
+        "-i".to_owned(),
+        inventory_path.display().to_string(),
+        "-e".to_owned(),
+        format!("@{}", vars_path.display()),
+    ];
+    let options = &spec.options;
+    if options.check {
+        args.push("--check".into());
+    }
+    if options.diff {
+        args.push("--diff".into());
+    }
+    if !options.tags.is_empty() {
+        args.push(format!("--tags={}", options.tags.join(",")));
+    }
+    if !options.skip_tags.is_empty() {
+        args.push(format!("--skip-tags={}", options.skip_tags.join(",")));
+    }
+    if !options.limit.is_empty() {
+        args.push(format!("--limit={}", options.limit));
+    }
+    if options.forks > 0 {
+        args.push(format!("--forks={}", options.forks));
+    }
+    if options.verbosity > 0 {
+        args.push(format!(
+            "-{}",
+            "v".repeat(options.verbosity.min(4) as usize)
+        ));
+    }
+    args.push("--".into());
+    args.push(playbook.display().to_string());
+    Ok(args)
+}
+
+/// Reads the event pipe to its end, forwarding each event and keeping the
+/// per-host stats of `playbook_on_stats`.
+async fn read_events(fd: OwnedFd, events: mpsc::Sender<RawEvent>) -> BTreeMap<String, HostStats> {
+    let mut stats = BTreeMap::new();
+    let file = tokio::fs::File::from_std(std::fs::File::from(fd));
+    let mut lines = BufReader::new(file).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<RawEvent>(&line) {
+                Ok(event) => {
+                    if event.event == "playbook_on_stats" {
+                        stats = host_stats(&event.event_data);
+                    }
+                    // A closed receiver means nobody records events any more;
+                    // keep draining so the playbook never blocks on the pipe.
+                    let _ = events.send(event).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable event line from the callback plugin")
+                }
+            },
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading events");
+                break;
+            }
+        }
+    }
+    stats
+}
+
+/// Picks one counter of a host's stats.
+type StatField = fn(&mut HostStats) -> &mut u32;
+
+/// Per-host counters from ansible-runner's stats layout.
+fn host_stats(data: &Map<String, Value>) -> BTreeMap<String, HostStats> {
+    let mut stats: BTreeMap<String, HostStats> = BTreeMap::new();
+    let fields: [(&str, StatField); 7] = [
+        ("ok", |s| &mut s.ok),
+        ("changed", |s| &mut s.changed),
+        ("failures", |s| &mut s.failed),
+        ("skipped", |s| &mut s.skipped),
+        ("dark", |s| &mut s.unreachable),
+        ("rescued", |s| &mut s.rescued),
+        ("ignored", |s| &mut s.ignored),
+    ];
+    for (key, field) in fields {
+        if let Some(Value::Object(per_host)) = data.get(key) {
+            for (host, count) in per_host {
+                *field(stats.entry(host.clone()).or_default()) = count.as_u64().unwrap_or(0) as u32;
+            }
+        }
+    }
+    if let Some(Value::Object(processed)) = data.get("processed") {
+        for host in processed.keys() {
+            stats.entry(host.clone()).or_default();
+        }
+    }
+    stats
+}
+
+/// Reads stdout and stderr to their ends, keeping the first `cap` bytes.
+async fn collect_output(
+    stdout: impl AsyncRead + Unpin,
+    stderr: impl AsyncRead + Unpin,
+    cap: usize,
+) -> (String, bool) {
+    let (out, err) = tokio::join!(drain(stdout, cap), drain(stderr, cap));
+    let (mut text, mut truncated) = out;
+    let (err_text, err_truncated) = err;
+    if !err_text.is_empty() {
+        let room = cap.saturating_sub(text.len());
+        if err_text.len() > room {
+            truncated = true;
+        }
+        text.push_str(truncate_utf8(&err_text, room));
+    }
+    (text, truncated || err_truncated)
+}
+
+async fn drain(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&kept);
+    (truncate_utf8(&text, cap).to_owned(), truncated)
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

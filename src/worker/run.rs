@@ -1,0 +1,303 @@
+//! One claimed job, from RUNNING to its terminal state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::executor::{RawEvent, RunOutput, StopReason};
+use super::{ExecError, Worker};
+use crate::domain::{Error, ErrorReason, Job, JobEvent, JobStatus, Outcome};
+use crate::live::LiveMessage;
+
+/// Events stored per round trip to the history at most.
+const EVENT_BATCH: usize = 200;
+/// How long the recorder waits to fill a batch.
+const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+impl Worker {
+    pub(crate) async fn run_job(self: Arc<Self>, job: Job, hard_stop: CancellationToken) {
+        let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt);
+        let _enter = span.enter();
+        drop(_enter);
+        tracing::info!(parent: &span, playbook = %job.spec.playbook, "running");
+        crate::live::announce(self.live.as_ref(), &job).await;
+
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let lost = CancellationToken::new();
+        let guard = tokio::spawn(
+            self.clone()
+                .guard(job.clone(), stop_tx, hard_stop, lost.clone()),
+        );
+
+        let output = match self.catalogue.resolve(&job.spec.playbook) {
+            Ok(playbook) => {
+                let (events_tx, events_rx) = mpsc::channel(1024);
+                let recorder =
+                    tokio::spawn(self.clone().record_events(job.id, events_rx, lost.clone()));
+                let pgid_worker = self.clone();
+                let (id, attempt) = (job.id, job.attempt);
+                let output = self
+                    .executor
+                    .run(&playbook, &job.spec, events_tx, stop_rx, move |pgid| {
+                        tokio::spawn(async move {
+                            if let Err(e) = pgid_worker.store.record_pgid(id, attempt, &pgid_worker.id, pgid).await {
+                                tracing::warn!(job_id = %id, error = %e, "recording the process group");
+                            }
+                        });
+                    })
+                    .await;
+                // Every event is stored before the terminal status is.
+                if let Err(e) = recorder.await {
+                    tracing::error!(job_id = %job.id, error = %e, "event recorder panicked");
+                }
+                output.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("playbook {}: {e}", job.spec.playbook)),
+        };
+
+        let outcome = match output {
+            Ok(RunOutput {
+                stopped: Some(StopReason::LeaseLost),
+                ..
+            }) => None,
+            Ok(out) => Some(outcome_of(&job, out)),
+            Err(message) => Some(Outcome {
+                status: JobStatus::Failed,
+                result: None,
+                error: Some(message),
+                error_reason: Some(ErrorReason::ExecutorError),
+            }),
+        };
+        if let Some(outcome) = outcome {
+            if lost.is_cancelled() {
+                tracing::warn!(job_id = %job.id, "lease lost; the outcome is not recorded");
+            } else {
+                self.finish(&job, &outcome, &lost).await;
+            }
+        } else {
+            tracing::warn!(job_id = %job.id, "lease lost; the run was stopped and nothing is recorded");
+        }
+        guard.abort();
+    }
+
+    /// Commits the outcome, fenced by the claim; retries while the database
+    /// is unreachable and the lease still holds.
+    async fn finish(&self, job: &Job, outcome: &Outcome, lost: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = chrono::Utc::now().timestamp_micros();
+            match self
+                .store
+                .finish(job.id, job.attempt, &self.id, outcome, now)
+                .await
+            {
+                Ok(Some(done)) => {
+                    tracing::info!(job_id = %job.id, status = %done.status, "finished");
+                    crate::live::announce(self.live.as_ref(), &done).await;
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(job_id = %job.id, "the claim was lost before the outcome was recorded");
+                    return;
+                }
+                Err(e @ Error::Unavailable { .. }) if !lost.is_cancelled() => {
+                    tracing::warn!(job_id = %job.id, error = %e, "recording the outcome; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "recording the outcome");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Holds the lease and turns cancel requests, the timeout and shutdown
+    /// into a stop of the run. Sets `lost` when the lease is gone.
+    async fn guard(
+        self: Arc<Self>,
+        job: Job,
+        stop: watch::Sender<Option<StopReason>>,
+        hard_stop: CancellationToken,
+        lost: CancellationToken,
+    ) {
+        let request = |reason: StopReason| {
+            stop.send_if_modified(|current| {
+                if current.is_none() {
+                    *current = Some(reason);
+                    true
+                } else {
+                    false
+                }
+            });
+        };
+        let lease = self.timing.lease;
+        let mut renew = tokio::time::interval(lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_until = Instant::now() + lease;
+        let mut cancels = self.live.hub().cancel_requests();
+        let deadline = tokio::time::sleep(Duration::from_secs(u64::from(job.spec.timeout_seconds)));
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                    match self.store.renew_lease(job.id, job.attempt, &self.id, until.timestamp_micros()).await {
+                        Ok(Some(cancel)) => {
+                            lease_until = Instant::now() + lease;
+                            if cancel {
+                                request(StopReason::Cancel);
+                            }
+                        }
+                        Ok(None) => {
+                            lost.cancel();
+                            request(StopReason::LeaseLost);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job_id = %job.id, error = %e, "renewing the lease");
+                            if Instant::now() >= lease_until {
+                                lost.cancel();
+                                request(StopReason::LeaseLost);
+                                return;
+                            }
+                        }
+                    }
+                }
+                received = cancels.recv() => match received {
+                    Ok(id) if id == job.id => request(StopReason::Cancel),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => cancels = self.live.hub().cancel_requests(),
+                },
+                _ = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    request(StopReason::Timeout);
+                }
+                _ = hard_stop.cancelled(), if !hard_stop.is_cancelled() || stop.borrow().is_none() => {
+                    request(StopReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Numbers, stores (in batches) and then publishes the run's events.
+    async fn record_events(
+        self: Arc<Self>,
+        job_id: Uuid,
+        mut events: mpsc::Receiver<RawEvent>,
+        lost: CancellationToken,
+    ) -> u64 {
+        let mut seq = 0u64;
+        let mut open = true;
+        while open {
+            let Some(first) = events.recv().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            let window = Instant::now() + EVENT_BATCH_WINDOW;
+            while batch.len() < EVENT_BATCH {
+                match tokio::time::timeout_at(window, events.recv()).await {
+                    Ok(Some(event)) => batch.push(event),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batch: Vec<JobEvent> = batch
+                .into_iter()
+                .map(|raw| {
+                    seq += 1;
+                    JobEvent {
+                        job_id,
+                        seq,
+                        time: raw.time.unwrap_or_else(chrono::Utc::now),
+                        event: raw.event,
+                        host: raw.host,
+                        task: raw.task,
+                        play: raw.play,
+                        stdout: raw.stdout,
+                        event_data: raw.event_data,
+                    }
+                })
+                .collect();
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.store.insert_events(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if !lost.is_cancelled() => {
+                        tracing::warn!(job_id = %job_id, error = %e, "storing events; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                    Err(_) => return seq,
+                }
+            }
+            for event in batch {
+                if let Err(e) = self.live.publish(job_id, &LiveMessage::Event(event)).await {
+                    tracing::warn!(job_id = %job_id, error = %e, "publishing an event");
+                }
+            }
+        }
+        seq
+    }
+}
+
+/// The terminal state of a run that ended by itself or was stopped.
+fn outcome_of(job: &Job, out: RunOutput) -> Outcome {
+    let (status, error, reason) = match out.stopped {
+        Some(StopReason::Cancel) => (
+            JobStatus::Canceled,
+            Some("canceled while running".to_owned()),
+            Some(ErrorReason::Canceled),
+        ),
+        Some(StopReason::Timeout) => (
+            JobStatus::TimedOut,
+            Some(format!(
+                "ran longer than its timeout of {} s",
+                job.spec.timeout_seconds
+            )),
+            Some(ErrorReason::TimedOut),
+        ),
+        Some(StopReason::Shutdown) => (
+            JobStatus::Canceled,
+            Some("the worker shut down while the job ran".to_owned()),
+            Some(ErrorReason::Shutdown),
+        ),
+        Some(StopReason::LeaseLost) => (
+            JobStatus::Failed,
+            Some("the worker lost its lease".to_owned()),
+            Some(ErrorReason::WorkerLost),
+        ),
+        None if out.rc == 0 => (JobStatus::Successful, None, None),
+        None => (
+            JobStatus::Failed,
+            Some(format!("ansible-playbook exited with rc {}", out.rc)),
+            Some(ErrorReason::PlaybookFailed),
+        ),
+    };
+    Outcome {
+        status,
+        result: Some(crate::domain::JobResult {
+            rc: out.rc,
+            stdout: out.stdout,
+            stdout_truncated: out.stdout_truncated,
+            stats: out.stats,
+        }),
+        error,
+        error_reason: reason,
+    }
+}
+
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Self {
+        Error::internal("run playbook", e)
+    }
+}
