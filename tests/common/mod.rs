@@ -1,0 +1,323 @@
+//! Shared test harness: the real server on an ephemeral port, with a fresh
+//! history (a MariaDB database or a SQLite file of its own) and its own Redis
+//! key prefix, talked to through the generated client.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ansible_runner_service::app::{self, AppState, Settings};
+use ansible_runner_service::pb::job_service_client::JobServiceClient;
+use ansible_runner_service::pb::{
+    self, watch_job_response::Kind, GetJobRequest, SubmitJobRequest, WatchJobRequest,
+    WatchJobResponse,
+};
+use ansible_runner_service::store::Store;
+use sea_orm::{ConnectionTrait, Database};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Where the history and the live state live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file and in-process live state: the embedded default.
+    Embedded,
+    /// MariaDB and Redis, as in a deployment of many processes.
+    Shared,
+}
+
+pub fn mysql_server_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A place for one test's history; dropped with the test.
+pub struct History {
+    pub settings: Settings,
+    mysql_db: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl History {
+    /// A new, empty history and key prefix, with test timings: short leases
+    /// and sweeps so lost workers are found in seconds.
+    pub async fn new(backend: Backend) -> History {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::embedded();
+        settings.playbooks_dir = repo_path("playbooks");
+        settings.workers = 2;
+        settings.lease = Duration::from_secs(6);
+        settings.sweep_interval = Duration::from_secs(1);
+        settings.redispatch_after = Duration::from_secs(2);
+        settings.kill_grace = Duration::from_secs(3);
+        settings.shutdown_grace = Duration::from_secs(5);
+        settings.redis_prefix = format!("ars-test-{}", short_id());
+        let mut mysql_db = None;
+        match backend {
+            Backend::Embedded => {
+                settings.database_url = format!("sqlite://{}/history.db", dir.path().display());
+            }
+            Backend::Shared => {
+                let name = format!("ars_t_{}", short_id());
+                let server = Database::connect(format!("{}/mysql", mysql_server_url()))
+                    .await
+                    .expect("MariaDB at TEST_MYSQL_URL (default mysql://root@127.0.0.1:3306)");
+                server
+                    .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+                    .await
+                    .expect("create test database");
+                server.close().await.ok();
+                settings.database_url = format!("{}/{name}", mysql_server_url());
+                settings.redis_url = Some(redis_url());
+                mysql_db = Some(name);
+            }
+        }
+        History {
+            settings,
+            mysql_db,
+            _dir: dir,
+        }
+    }
+
+    /// A direct handle on the history, to check what was written.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.settings.database_url)
+            .await
+            .expect("connect history")
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        if let Some(name) = self.mysql_db.take() {
+            // Best effort, off the async runtime; .ci/run also sweeps leftovers.
+            let url = format!("{}/mysql", mysql_server_url());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let db = Database::connect(url).await.ok()?;
+                    db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .await
+                        .ok()?;
+                    db.close().await.ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// The real server, in process, on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub client: JobServiceClient<Channel>,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), ansible_runner_service::domain::Error>>,
+}
+
+impl TestServer {
+    pub async fn start(settings: &Settings) -> TestServer {
+        let state = AppState::connect(settings).await.expect("connect state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn({
+            let settings = settings.clone();
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            async move { app::serve(listener, state, &settings, shutdown).await }
+        });
+        let client = connect(addr).await;
+        TestServer {
+            addr,
+            client,
+            state,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// Stops the server the way SIGTERM does, and waits until it is down.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("server stops within 60 s")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> JobServiceClient<Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match JobServiceClient::connect(format!("http://{addr}")).await {
+            Ok(client) => return client,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("connect {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+pub fn vars(json: serde_json::Value) -> Option<prost_types::Struct> {
+    let serde_json::Value::Object(map) = json else {
+        panic!("extra vars must be an object")
+    };
+    Some(ansible_runner_service::grpc::convert::json_to_struct(&map))
+}
+
+pub fn request(playbook: &str) -> SubmitJobRequest {
+    SubmitJobRequest {
+        playbook: playbook.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn submit(client: &mut JobServiceClient<Channel>, req: SubmitJobRequest) -> pb::Job {
+    client
+        .submit_job(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+pub async fn get(client: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
+    client
+        .get_job(GetJobRequest { job_id: id.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
+/// Every message of a WatchJob stream until it ends (at most 3 minutes).
+pub async fn watch_all(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    after_sequence: u64,
+) -> Vec<WatchJobResponse> {
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: id.into(),
+            after_sequence,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut messages = Vec::new();
+    let collect = async {
+        while let Some(message) = stream.message().await.expect("watch stream") {
+            messages.push(message);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(180), collect)
+        .await
+        .expect("watch ends within 3 minutes");
+    messages
+}
+
+/// Watches a job to its end and returns the terminal job.
+pub async fn wait_terminal(client: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
+    let messages = watch_all(client, id, 0).await;
+    match messages.last().and_then(|m| m.kind.clone()) {
+        Some(Kind::StatusChange(job)) => job,
+        other => panic!("watch ended without a status_change: {other:?}"),
+    }
+}
+
+pub fn events(messages: &[WatchJobResponse]) -> Vec<pb::JobEvent> {
+    messages
+        .iter()
+        .filter_map(|m| match &m.kind {
+            Some(Kind::Event(event)) => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn status(job: &pb::Job) -> pb::JobStatus {
+    pb::JobStatus::try_from(job.status).expect("known status")
+}
+
+/// Polls `check` until it returns Some, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The field violations of an INVALID_ARGUMENT status.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Runs each scenario against both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Embedded).await
+                }
+            )*
+        }
+        mod shared {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Shared).await
+                }
+            )*
+        }
+    };
+}
