@@ -38,6 +38,15 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply pending database migrations and exit.
     Migrate(StoreArgs),
+    /// Ask a server's grpc.health.v1 whether the JobService is SERVING (exit 0) or not (exit 1).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Address of the server.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,7 @@ async fn run(command: Command) -> Result<(), Error> {
             store.close().await;
             Ok(())
         }
+        Command::Health(args) => health(&args.addr).await,
         Command::Serve(args) => {
             let settings = args.run.settings();
             let state = AppState::connect(&settings).await?;
@@ -46,6 +47,47 @@ async fn run(command: Command) -> Result<(), Error> {
             state.close().await;
             result
         }
+    }
+}
+
+/// Exits successfully only when the server reports the JobService SERVING.
+async fn health(addr: &str) -> Result<(), Error> {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| Error::internal("health address", e))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: "the server",
+            source: Box::new(e),
+        })?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "ansible_runner.v1.JobService".into(),
+        })
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: "the health service",
+            source: Box::new(e),
+        })?
+        .into_inner();
+    if answer.status == ServingStatus::Serving as i32 {
+        println!("SERVING");
+        Ok(())
+    } else {
+        Err(Error::InvalidState(format!(
+            "the JobService is not serving (status {})",
+            answer.status
+        )))
     }
 }
 

@@ -359,7 +359,72 @@ async fn many_watchers_see_the_same_sequence(backend: Backend) {
     server.stop().await;
 }
 
+async fn inventory_and_options_reach_ansible(backend: Backend) {
+    let history = History::new(backend).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+
+    // A host list naming localhost, in check mode, limited to it.
+    let mut req = request("hello.yml");
+    req.inventory = Some(pb::Inventory {
+        source: Some(pb::inventory::Source::Hosts("localhost".into())),
+    });
+    req.options = Some(JobOptions {
+        check: true,
+        diff: true,
+        limit: "localhost".into(),
+        ..Default::default()
+    });
+    let listed = submit(&mut client, req).await;
+
+    // An inline inventory of two local hosts, limited to one of them.
+    let local = json!({"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"});
+    let mut req = request("hello.yml");
+    req.inventory = Some(pb::Inventory {
+        source: Some(pb::inventory::Source::Inline(
+            vars(json!({"all": {"hosts": {"alpha": local, "beta": local}}})).unwrap(),
+        )),
+    });
+    req.options = Some(JobOptions {
+        limit: "beta".into(),
+        ..Default::default()
+    });
+    let inline = submit(&mut client, req).await;
+
+    // Tags that match no task: the play runs, the task does not.
+    let mut req = request("hello.yml");
+    req.options = Some(JobOptions {
+        tags: vec!["no_such_tag".into()],
+        ..Default::default()
+    });
+    let tagged = submit(&mut client, req).await;
+
+    let done = wait_terminal(&mut client, &listed.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    assert_eq!(
+        done.result.unwrap().stats.keys().collect::<Vec<_>>(),
+        vec!["localhost"]
+    );
+
+    let done = wait_terminal(&mut client, &inline.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    assert_eq!(
+        done.result.unwrap().stats.keys().collect::<Vec<_>>(),
+        vec!["beta"]
+    );
+
+    let messages = watch_all(&mut client, &tagged.job_id, 0).await;
+    assert!(
+        !events(&messages).iter().any(|e| e.event == "runner_on_ok"),
+        "no task ran"
+    );
+    let done = get(&mut client, &tagged.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful);
+    server.stop().await;
+}
+
 on_both_backends!(
+    inventory_and_options_reach_ansible,
     hello_runs_and_streams_every_event,
     failing_playbook_ends_failed,
     multi_play_reports_every_host,

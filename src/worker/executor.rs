@@ -226,6 +226,13 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     })
 }
 
+fn local_connection() -> Value {
+    json!({
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+    })
+}
+
 /// Writes the run's files and returns ansible-playbook's arguments.
 fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<String>> {
     let plugins = dir.join("callback_plugins");
@@ -234,13 +241,20 @@ fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<S
     std::fs::write(plugins.join("ars_events.py"), CALLBACK_PLUGIN)?;
 
     let inventory = match &spec.inventory {
-        Inventory::Localhost => json!({"all": {"hosts": {"localhost": {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-        }}}}),
+        Inventory::Localhost => json!({"all": {"hosts": {"localhost": local_connection()}}}),
         Inventory::Hosts(hosts) => {
-            let hosts: Map<String, Value> =
-                hosts.iter().map(|h| (h.clone(), Value::Null)).collect();
+            // Named in a list, localhost keeps the local connection Ansible
+            // gives its implicit localhost, instead of SSH to itself.
+            let hosts: Map<String, Value> = hosts
+                .iter()
+                .map(|h| {
+                    let vars = match h.as_str() {
+                        "localhost" | "127.0.0.1" => local_connection(),
+                        _ => Value::Null,
+                    };
+                    (h.clone(), vars)
+                })
+                .collect();
             json!({"all": {"hosts": hosts}})
         }
         Inventory::Inline(doc) => Value::Object(doc.clone()),

@@ -1,0 +1,239 @@
+//! What the service does when parts of it are lost: a worker that stops
+//! renewing its lease, duplicate deliveries, a live state that lost a job or
+//! a dispatch, a database that cannot be reached.
+
+mod common;
+
+use std::time::Duration;
+
+use ansible_runner_service::pb::{self, ListJobsRequest};
+use common::proxy::Proxy;
+use common::*;
+use fred::prelude::*;
+use tonic::Code;
+
+async fn lost_worker_ends_worker_lost(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    let id: uuid::Uuid = job.job_id.parse().unwrap();
+
+    // A worker claims the job and then vanishes without renewing its lease.
+    let store = history.store().await;
+    let now = chrono::Utc::now().timestamp_micros();
+    let claimed = store
+        .claim(id, "ghost/1/dead", "ghost", now, now + 1_000_000)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!(claimed.attempt, 1);
+    ansible_runner_service::live::announce(server.state.live.as_ref(), &claimed).await;
+
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Failed);
+    assert_eq!(done.error_reason, "WORKER_LOST");
+    assert!(done.error.contains("ghost/1/dead"), "{}", done.error);
+
+    // The late worker cannot write anything after the fact.
+    let outcome = ansible_runner_service::domain::Outcome {
+        status: ansible_runner_service::domain::JobStatus::Successful,
+        result: None,
+        error: None,
+        error_reason: None,
+    };
+    let late = store
+        .finish(id, 1, "ghost/1/dead", &outcome, now)
+        .await
+        .unwrap();
+    assert!(
+        late.is_none(),
+        "a fenced write after the lease expired changes nothing"
+    );
+    assert_eq!(get(&mut client, &job.job_id).await, done);
+    server.stop().await;
+}
+
+async fn duplicate_deliveries_run_a_job_once(backend: Backend) {
+    let history = History::new(backend).await;
+    let first = TestServer::start(&history.settings).await;
+    // With Redis, a second process takes jobs from the same dispatch.
+    let second = match backend {
+        Backend::Shared => Some(TestServer::start(&history.settings).await),
+        Backend::Embedded => None,
+    };
+    let mut client = first.client.clone();
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        let job = submit(&mut client, request("hello.yml")).await;
+        let id = job.job_id.parse().unwrap();
+        // Deliver every job twice more.
+        first.state.live.dispatch(id).await.unwrap();
+        first.state.live.dispatch(id).await.unwrap();
+        jobs.push(job);
+    }
+    for job in &jobs {
+        let messages = watch_all(&mut client, &job.job_id, 0).await;
+        let starts = events(&messages)
+            .iter()
+            .filter(|e| e.event == "playbook_on_start")
+            .count();
+        assert_eq!(starts, 1, "the playbook ran once");
+        let done = get(&mut client, &job.job_id).await;
+        assert_eq!(status(&done), pb::JobStatus::Successful);
+        assert_eq!(done.attempt, 1, "claimed once");
+    }
+    if let Some(second) = second {
+        second.stop().await;
+    }
+    first.stop().await;
+}
+
+async fn redis_client(history: &History) -> Client {
+    let client = Builder::from_config(
+        Config::from_url(history.settings.redis_url.as_deref().unwrap()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_falls_back_to_the_history_when_redis_lost_the_job() {
+    let history = History::new(Backend::Shared).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    let done = wait_terminal(&mut client, &job.job_id).await;
+
+    let redis = redis_client(&history).await;
+    let key = format!("{}:job:{}", history.settings.redis_prefix, job.job_id);
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+    assert!(
+        ttl > 23 * 3600 && ttl <= 24 * 3600,
+        "live state kept 24 h, got {ttl}"
+    );
+    let _: i64 = redis.del(&key).await.unwrap();
+    assert_eq!(
+        get(&mut client, &job.job_id).await,
+        done,
+        "read from the history"
+    );
+    let refilled: bool = redis.exists(&key).await.unwrap();
+    assert!(refilled, "the live state is rebuilt on read");
+
+    // An unreadable entry is ignored, not served.
+    let _: () = redis
+        .set(&key, "{not json", None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(get(&mut client, &job.job_id).await, done);
+    redis.quit().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_job_lost_from_the_dispatch_still_runs() {
+    let mut history = History::new(Backend::Shared).await;
+    history.settings.workers = 0;
+    let api = TestServer::start(&history.settings).await;
+    let mut client = api.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+
+    // Redis forgets everything about it (as after a restart without persistence).
+    let redis = redis_client(&history).await;
+    let prefix = &history.settings.redis_prefix;
+    let _: i64 = redis
+        .del(vec![
+            format!("{prefix}:dispatch"),
+            format!("{prefix}:job:{}", job.job_id),
+        ])
+        .await
+        .unwrap();
+    redis.quit().await.unwrap();
+
+    let mut worker_settings = history.settings.clone();
+    worker_settings.workers = 2;
+    let worker = TestServer::start(&worker_settings).await;
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful);
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_is_unavailable_and_recovers() {
+    let mut history = History::new(Backend::Shared).await;
+    history.settings.workers = 0;
+    let target = history
+        .settings
+        .database_url
+        .trim_start_matches("mysql://root@")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let db_name = history
+        .settings
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut settings = history.settings.clone();
+    settings.database_url = format!("mysql://root@{}/{db_name}", proxy.addr);
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    submit(&mut client, request("hello.yml")).await;
+
+    let redis = redis_client(&history).await;
+    let queue = format!("{}:dispatch", settings.redis_prefix);
+    let queued_before: u64 = redis.llen(&queue).await.unwrap();
+
+    proxy.cut();
+    let err = client.submit_job(request("hello.yml")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(reason(&err), "UNAVAILABLE");
+    let err = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let queued_after: u64 = redis.llen(&queue).await.unwrap();
+    assert_eq!(queued_before, queued_after, "nothing reached Redis");
+
+    proxy.restore();
+    let job = eventually(
+        Duration::from_secs(30),
+        "the service to serve again",
+        || {
+            let mut client = client.clone();
+            async move { client.submit_job(request("hello.yml")).await.ok() }
+        },
+    )
+    .await
+    .into_inner()
+    .job
+    .unwrap();
+    assert_eq!(status(&job), pb::JobStatus::Pending);
+    let listed = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.total_size, 2,
+        "the refused submit left nothing behind"
+    );
+    redis.quit().await.unwrap();
+    server.stop().await;
+}
+
+on_both_backends!(
+    lost_worker_ends_worker_lost,
+    duplicate_deliveries_run_a_job_once
+);
