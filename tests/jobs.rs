@@ -178,17 +178,23 @@ async fn cancel_pending_then_finished_is_refused(backend: Backend) {
     server.stop().await;
 }
 
-/// Reads the process group a job ran in, from the history.
+/// The process group a job runs in, as the history records it while the
+/// run lasts (it is cleared when the run ends).
 async fn run_pgid(history: &History, job_id: &str) -> i32 {
     use ansible_runner_service::store::entities::jobs;
     use sea_orm::EntityTrait;
     let store = history.store().await;
-    let row = jobs::Entity::find_by_id(job_id.to_owned())
-        .one(store.connection())
-        .await
-        .unwrap()
-        .unwrap();
-    row.run_pgid.expect("the run's process group is recorded")
+    eventually(Duration::from_secs(60), "the run's process group", || {
+        let store = store.clone();
+        async move {
+            jobs::Entity::find_by_id(job_id.to_owned())
+                .one(store.connection())
+                .await
+                .unwrap()
+                .and_then(|row| row.run_pgid)
+        }
+    })
+    .await
 }
 
 fn group_is_gone(pgid: i32) -> bool {
@@ -258,12 +264,12 @@ async fn timeout_ends_timed_out(backend: Backend) {
     let mut req = request("slow.yml");
     req.timeout_seconds = 2;
     let job = submit(&mut client, req).await;
+    let pgid = run_pgid(&history, &job.job_id).await;
     let done = wait_terminal(&mut client, &job.job_id).await;
     assert_eq!(status(&done), pb::JobStatus::TimedOut);
     assert_eq!(done.error_reason, "TIMED_OUT");
     assert!(done.result.is_some(), "the partial output is kept");
-    let pgid = run_pgid(&history, &job.job_id).await;
-    assert!(group_is_gone(pgid));
+    assert!(group_is_gone(pgid), "no process of the run is left");
     server.stop().await;
 }
 

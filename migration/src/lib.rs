@@ -7,6 +7,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_jobs;
+mod m20261129_000002_index_runs;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -14,6 +15,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261129_000001_create_jobs::Migration)]
+        vec![
+            Box::new(m20261129_000001_create_jobs::Migration),
+            Box::new(m20261129_000002_index_runs::Migration),
+        ]
     }
 }

@@ -33,6 +33,16 @@ impl JobStatus {
         !matches!(self, JobStatus::Pending | JobStatus::Running)
     }
 
+    /// Order of states in a job's life: a state of lower rank never
+    /// replaces one of higher rank (live-state writes may arrive late).
+    pub fn rank(self) -> u8 {
+        match self {
+            JobStatus::Pending => 0,
+            JobStatus::Running => 1,
+            _ => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "PENDING",

@@ -17,6 +17,17 @@ use crate::pb::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, ListFilter};
 
 const DEFAULT_PAGE_SIZE: i32 = 20;
+/// Longest a submit waits for the live state after its commit.
+const LIVE_WRITE_WAIT: Duration = Duration::from_secs(1);
+
+/// Fault-injection hook for the crash tests: when ARS_CRASH_AT names this
+/// point, the process aborts there, as a `kill -9` would.
+fn crash_point(name: &str) {
+    if std::env::var("ARS_CRASH_AT").is_ok_and(|at| at == name) {
+        tracing::error!(point = name, "ARS_CRASH_AT: aborting");
+        std::process::abort();
+    }
+}
 const MAX_PAGE_SIZE: i32 = 100;
 
 /// The JobService implementation.
@@ -79,13 +90,17 @@ impl JobService for JobApi {
         let (job, created) = self.state.store.insert_job(&job).await?;
         if created {
             tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, "job submitted");
-            // The job is committed: from here a failure only delays it (the
-            // sweeper dispatches pending jobs the live state does not hold).
-            if let Err(e) = self.state.live.put_job(&job).await {
-                tracing::warn!(job_id = %job.id, error = %e, "storing the live state");
-            }
-            if let Err(e) = self.state.live.dispatch(job.id).await {
-                tracing::warn!(job_id = %job.id, error = %e, "dispatching; the sweeper will retry");
+            crash_point("after_commit");
+            // The job is committed: from here a failure of the live state only
+            // delays it (the sweeper dispatches pending jobs it does not hold),
+            // so a Redis outage costs a submit at most LIVE_WRITE_WAIT.
+            let live = &self.state.live;
+            let (stored, dispatched) = tokio::join!(
+                tokio::time::timeout(LIVE_WRITE_WAIT, live.put_job(&job)),
+                tokio::time::timeout(LIVE_WRITE_WAIT, live.dispatch(job.id)),
+            );
+            if !matches!(stored, Ok(Ok(()))) || !matches!(dispatched, Ok(Ok(()))) {
+                tracing::warn!(job_id = %job.id, "live state unavailable at submit; the sweeper will dispatch the job");
             }
         }
         Ok(Response::new(pb::SubmitJobResponse {

@@ -38,7 +38,13 @@ impl LiveState for MemoryLive {
         if jobs.len() % 1024 == 0 {
             jobs.retain(|_, (_, expires)| *expires > now);
         }
-        jobs.insert(job.id, (job.clone(), now + JOB_TTL));
+        match jobs.get(&job.id) {
+            Some((current, expires))
+                if *expires > now && current.status.rank() > job.status.rank() => {}
+            _ => {
+                jobs.insert(job.id, (job.clone(), now + JOB_TTL));
+            }
+        }
         Ok(())
     }
 

@@ -51,7 +51,8 @@ impl From<LiveError> for Error {
 
 #[async_trait]
 pub trait LiveState: Send + Sync + 'static {
-    /// Stores the job's current state for `JOB_TTL`.
+    /// Stores the job's current state for `JOB_TTL`, unless a later state
+    /// (higher `JobStatus::rank`) is already there: writes may arrive late.
     async fn put_job(&self, job: &Job) -> Result<(), LiveError>;
     /// The job's current state, if known here.
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, LiveError>;

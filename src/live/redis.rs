@@ -1,7 +1,8 @@
 //! Live state in Redis through fred, shared by every API server and worker.
 //!
 //! Keys, all under a configurable prefix `P`:
-//! - `P:job:<id>`: the job's current state as JSON, expiring 24 h after its last update;
+//! - `P:job:<id>`: the job's current state, its status rank then JSON, expiring
+//!   24 h after its last update;
 //! - `P:dispatch`: a list of pending job ids (LPUSH to dispatch, BRPOP to take);
 //! - channel `P:ev:<id>`: the job's fan-out (events and status changes);
 //! - channel `P:cancel`: cancel requests for running jobs.
@@ -27,6 +28,16 @@ pub struct RedisLive {
     hub: std::sync::Arc<Hub>,
     router: tokio::task::JoinHandle<()>,
 }
+
+/// SET unless the stored state is later: values are "<rank><json>".
+const PUT_JOB: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(string.sub(current, 1, 1)) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
+return 1
+"#;
 
 fn live_error(e: fred::error::Error) -> LiveError {
     LiveError(format!("redis: {e}"))
@@ -141,14 +152,17 @@ impl LiveState for RedisLive {
     async fn put_job(&self, job: &Job) -> Result<(), LiveError> {
         let value = serde_json::to_string(job).map_err(|e| LiveError(e.to_string()))?;
         self.commands
-            .set::<(), _, _>(
-                self.job_key(job.id),
-                value,
-                Some(Expiration::EX(JOB_TTL.as_secs() as i64)),
-                None,
-                false,
+            .eval::<i64, _, _, _>(
+                PUT_JOB,
+                vec![self.job_key(job.id)],
+                vec![
+                    job.status.rank().to_string(),
+                    value,
+                    JOB_TTL.as_secs().to_string(),
+                ],
             )
             .await
+            .map(drop)
             .map_err(live_error)
     }
 
@@ -158,16 +172,16 @@ impl LiveState for RedisLive {
             .get(self.job_key(id))
             .await
             .map_err(live_error)?;
-        match value {
-            None => Ok(None),
-            Some(text) => match serde_json::from_str(&text) {
-                Ok(job) => Ok(Some(job)),
-                Err(e) => {
-                    // An entry from another version: the history answers instead.
-                    tracing::warn!(job_id = %id, error = %e, "unreadable live state");
-                    Ok(None)
-                }
-            },
+        let Some(text) = value else {
+            return Ok(None);
+        };
+        match text.get(1..).map(serde_json::from_str::<Job>) {
+            Some(Ok(job)) => Ok(Some(job)),
+            _ => {
+                // An entry from another version: the history answers instead.
+                tracing::warn!(job_id = %id, "unreadable live state");
+                Ok(None)
+            }
         }
     }
 

@@ -33,6 +33,16 @@ pub struct ListPage {
     pub total: u64,
 }
 
+/// A run whose process group is on record (see `runs_on_host`).
+#[derive(Debug, Clone)]
+pub struct RecordedRun {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub status: JobStatus,
+    pub pgid: i32,
+}
+
 /// Result of a cancel request.
 pub enum CancelOutcome {
     /// The job was PENDING and is now CANCELED.
@@ -244,6 +254,7 @@ impl Store {
             .col_expr(Column::Status, Expr::value(outcome.status.as_str()))
             .col_expr(Column::FinishedAt, Expr::value(now))
             .col_expr(Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+            .col_expr(Column::RunPgid, Expr::value(Option::<i32>::None))
             .col_expr(Column::Error, Expr::value(outcome.error.clone()))
             .col_expr(
                 Column::ErrorReason,
@@ -372,6 +383,83 @@ impl Store {
             }
         }
         Ok(ended)
+    }
+
+    /// Runs on `host` whose process group is still on record: what a worker
+    /// may have left behind there.
+    pub async fn runs_on_host(&self, host: &str) -> Result<Vec<RecordedRun>, Error> {
+        let rows: Vec<(String, i32, Option<String>, String, i32)> = jobs::Entity::find()
+            .select_only()
+            .columns([
+                Column::Id,
+                Column::Attempt,
+                Column::WorkerId,
+                Column::Status,
+                Column::RunPgid,
+            ])
+            .filter(Column::RunHost.eq(host))
+            .filter(Column::RunPgid.is_not_null())
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("find recorded runs", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, attempt, worker_id, status, pgid)| {
+                Some(RecordedRun {
+                    id: Uuid::parse_str(&id).ok()?,
+                    attempt: attempt.max(0) as u32,
+                    worker_id: worker_id.unwrap_or_default(),
+                    status: status.parse().ok()?,
+                    pgid,
+                })
+            })
+            .collect())
+    }
+
+    /// Forgets the process group of a run that is over.
+    pub async fn clear_pgid(&self, id: Uuid) -> Result<(), Error> {
+        jobs::Entity::update_many()
+            .col_expr(Column::RunPgid, Expr::value(Option::<i32>::None))
+            .filter(Column::Id.eq(id.to_string()))
+            .filter(Column::Status.ne(JobStatus::Running.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("clear process group", e))?;
+        Ok(())
+    }
+
+    /// Ends a run whose worker is known to be dead (FAILED, WORKER_LOST),
+    /// fenced by its claim. Returns the terminal job when it did.
+    pub async fn end_lost_run(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker_id: &str,
+        now: i64,
+    ) -> Result<Option<Job>, Error> {
+        let done = jobs::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(JobStatus::Failed.as_str()))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                Column::Error,
+                Expr::value(format!(
+                    "worker {worker_id} died while the job ran; the run's outcome is unknown"
+                )),
+            )
+            .col_expr(
+                Column::ErrorReason,
+                Expr::value(ErrorReason::WorkerLost.as_str()),
+            )
+            .col_expr(Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+            .filter(Self::fenced(id, attempt, worker_id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("end lost run", e))?;
+        if done.rows_affected != 1 {
+            return Ok(None);
+        }
+        self.get_job(id).await
     }
 
     /// Ids of PENDING jobs created before `before`, oldest first.

@@ -16,7 +16,7 @@ use sea_orm::{
 
 use crate::domain::Error;
 
-pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage};
+pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage, RecordedRun};
 
 /// Handle on the history database; cheap to clone.
 #[derive(Clone)]

@@ -91,6 +91,7 @@ impl Executor {
     /// `started` receives the child's process group id once it runs.
     pub async fn run(
         &self,
+        job_id: uuid::Uuid,
         playbook: &Path,
         spec: &JobSpec,
         events: mpsc::Sender<RawEvent>,
@@ -115,6 +116,7 @@ impl Executor {
             .env("ANSIBLE_STDOUT_CALLBACK", "ars_events")
             .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1")
             .env("ARS_EVENTS_FD", EVENTS_FD.to_string())
+            .env(super::JOB_ID_ENV, job_id.to_string())
             .env("ANSIBLE_LOCAL_TEMP", dir.path().join("tmp"))
             .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
             .env("ANSIBLE_NOCOLOR", "True")

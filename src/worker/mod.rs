@@ -4,6 +4,7 @@
 //! jobs the live state lost.
 
 mod executor;
+mod orphans;
 mod run;
 mod sweeper;
 
@@ -21,6 +22,7 @@ use crate::store::Store;
 pub use executor::{
     signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason, DEFAULT_STDOUT_CAP,
 };
+pub use orphans::{group_runs_job, JOB_ID_ENV};
 pub use sweeper::Sweeper;
 
 /// Timing of leases and shutdown.
@@ -84,6 +86,7 @@ impl Worker {
             return;
         }
         tracing::info!(worker = %self.id, concurrency, "worker started");
+        self.reap_orphans().await;
         let hard_stop = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut running = JoinSet::new();

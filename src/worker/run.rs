@@ -42,7 +42,7 @@ impl Worker {
                 let (id, attempt) = (job.id, job.attempt);
                 let output = self
                     .executor
-                    .run(&playbook, &job.spec, events_tx, stop_rx, move |pgid| {
+                    .run(job.id, &playbook, &job.spec, events_tx, stop_rx, move |pgid| {
                         tokio::spawn(async move {
                             if let Err(e) = pgid_worker.store.record_pgid(id, attempt, &pgid_worker.id, pgid).await {
                                 tracing::warn!(job_id = %id, error = %e, "recording the process group");
