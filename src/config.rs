@@ -100,6 +100,9 @@ pub struct RunArgs {
     /// Seconds between two sweeps (lost workers, lost dispatches).
     #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 5)]
     pub sweep_interval_seconds: u64,
+    /// Seconds a PENDING job may wait, while nothing is queued, before it is taken as lost and dispatched again.
+    #[arg(long, env = "REDISPATCH_AFTER_SECONDS", default_value_t = 10)]
+    pub redispatch_after_seconds: u64,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
     #[arg(long, env = "KILL_GRACE_SECONDS", default_value_t = 10)]
     pub kill_grace_seconds: u64,
@@ -146,7 +149,7 @@ impl RunArgs {
             },
             lease: Duration::from_secs(self.lease_seconds.max(3)),
             sweep_interval: Duration::from_secs(self.sweep_interval_seconds.max(1)),
-            redispatch_after: Duration::from_secs(10),
+            redispatch_after: Duration::from_secs(self.redispatch_after_seconds),
             kill_grace: Duration::from_secs(self.kill_grace_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             stdout_cap: DEFAULT_STDOUT_CAP,

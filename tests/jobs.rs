@@ -68,18 +68,29 @@ async fn hello_runs_and_streams_every_event(backend: Backend) {
     };
     assert_eq!(messages.last().unwrap().sequence, events.len() as u64);
     assert_eq!(status(&done), pb::JobStatus::Successful);
-    let result = done.result.clone().expect("result");
+    assert!(
+        done.result.as_ref().unwrap().stdout.is_empty(),
+        "watch messages leave stdout to the events"
+    );
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    assert_eq!(done.attempt, 1);
+
+    let got = get(&mut client, &job.job_id).await;
+    let result = got.result.clone().expect("result");
     assert_eq!(result.rc, 0);
     assert!(result.stdout.contains("Hello, Ada!"));
     assert!(result.stdout.contains("PLAY RECAP"));
     assert!(!result.stdout_truncated);
     let stats = result.stats.get("localhost").expect("stats for localhost");
     assert_eq!((stats.ok, stats.failed), (1, 0));
-    assert!(done.started_at.is_some() && done.finished_at.is_some());
-    assert_eq!(done.attempt, 1);
-
-    let got = get(&mut client, &job.job_id).await;
-    assert_eq!(got, done, "GetJob answers the same terminal job");
+    let joined: String = events.iter().map(|e| e.stdout.as_str()).collect();
+    assert_eq!(
+        joined, result.stdout,
+        "the events' stdout adds up to the job's"
+    );
+    let mut without_stdout = got.clone();
+    without_stdout.result.as_mut().unwrap().stdout.clear();
+    assert_eq!(without_stdout, done, "GetJob answers the same terminal job");
     server.stop().await;
 }
 
@@ -197,10 +208,22 @@ async fn run_pgid(history: &History, job_id: &str) -> i32 {
     .await
 }
 
-fn group_is_gone(pgid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+/// Waits until no live process carries the job's id any more.
+async fn no_process_left(job_id: &str) {
+    let id = job_id.to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "every process of the run to end",
+        || {
+            let id = id.clone();
+            async move {
+                ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), &id)
+                    .is_empty()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 async fn cancel_running_kills_the_process_group(backend: Backend) {
@@ -230,8 +253,12 @@ async fn cancel_running_kills_the_process_group(backend: Backend) {
             }
         }
     }
-    let pgid = run_pgid(&history, &job.job_id).await;
-    assert!(!group_is_gone(pgid), "the playbook runs in group {pgid}");
+    run_pgid(&history, &job.job_id).await;
+    assert!(
+        !ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), &job.job_id)
+            .is_empty(),
+        "the playbook's processes carry the job id"
+    );
 
     let answer = client
         .cancel_job(CancelJobRequest {
@@ -252,7 +279,7 @@ async fn cancel_running_kills_the_process_group(backend: Backend) {
     assert!(
         matches!(last, Some(Kind::StatusChange(ref j)) if status(j) == pb::JobStatus::Canceled)
     );
-    assert!(group_is_gone(pgid), "no process of the run is left");
+    no_process_left(&job.job_id).await;
     server.stop().await;
 }
 
@@ -264,12 +291,11 @@ async fn timeout_ends_timed_out(backend: Backend) {
     let mut req = request("slow.yml");
     req.timeout_seconds = 2;
     let job = submit(&mut client, req).await;
-    let pgid = run_pgid(&history, &job.job_id).await;
     let done = wait_terminal(&mut client, &job.job_id).await;
     assert_eq!(status(&done), pb::JobStatus::TimedOut);
     assert_eq!(done.error_reason, "TIMED_OUT");
     assert!(done.result.is_some(), "the partial output is kept");
-    assert!(group_is_gone(pgid), "no process of the run is left");
+    no_process_left(&job.job_id).await;
     server.stop().await;
 }
 

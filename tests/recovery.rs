@@ -29,7 +29,7 @@ async fn lost_worker_ends_worker_lost(backend: Backend) {
         .unwrap()
         .expect("claimed");
     assert_eq!(claimed.attempt, 1);
-    ansible_runner_service::live::announce(server.state.live.as_ref(), &claimed).await;
+    ansible_runner_service::live::announce(&server.state.live, &claimed).await;
 
     let done = wait_terminal(&mut client, &job.job_id).await;
     assert_eq!(status(&done), pb::JobStatus::Failed);

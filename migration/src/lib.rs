@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_jobs;
 mod m20261129_000002_index_runs;
+mod m20261129_000003_jobs_last_seq;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_jobs::Migration),
             Box::new(m20261129_000002_index_runs::Migration),
+            Box::new(m20261129_000003_jobs_last_seq::Migration),
         ]
     }
 }

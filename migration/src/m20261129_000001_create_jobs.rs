@@ -42,7 +42,6 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Jobs::StartedAt).big_integer().null())
                     .col(ColumnDef::new(Jobs::FinishedAt).big_integer().null())
                     .col(ColumnDef::new(Jobs::Rc).integer().null())
-                    .col(ColumnDef::new(Jobs::Stdout).custom(long_text()).null())
                     .col(
                         ColumnDef::new(Jobs::StdoutTruncated)
                             .boolean()
@@ -135,10 +134,39 @@ impl MigrationTrait for Migration {
                     )
                     .to_owned(),
             )
+            .await?;
+
+        // stdout in chunks of at most 1 MiB: a 16 MiB output in one statement
+        // would pass MariaDB's default max_allowed_packet (16 MiB).
+        manager
+            .create_table(
+                Table::create()
+                    .table(JobOutput::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(JobOutput::JobId).string_len(36).not_null())
+                    .col(ColumnDef::new(JobOutput::Chunk).integer().not_null())
+                    .col(
+                        ColumnDef::new(JobOutput::Text)
+                            .custom(long_text())
+                            .not_null(),
+                    )
+                    .primary_key(Index::create().col(JobOutput::JobId).col(JobOutput::Chunk))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_job_output_job")
+                            .from(JobOutput::Table, JobOutput::JobId)
+                            .to(Jobs::Table, Jobs::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(JobOutput::Table).to_owned())
+            .await?;
         manager
             .drop_table(Table::drop().table(JobEvents::Table).to_owned())
             .await?;
@@ -163,7 +191,6 @@ enum Jobs {
     StartedAt,
     FinishedAt,
     Rc,
-    Stdout,
     StdoutTruncated,
     Stats,
     Error,
@@ -188,4 +215,12 @@ enum JobEvents {
     Play,
     Stdout,
     EventData,
+}
+
+#[derive(DeriveIden)]
+enum JobOutput {
+    Table,
+    JobId,
+    Chunk,
+    Text,
 }

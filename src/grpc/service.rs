@@ -59,7 +59,15 @@ impl AppState {
     /// (which also refills the live state).
     pub async fn current_job(&self, id: Uuid) -> Result<Job, Error> {
         match self.live.get_job(id).await {
-            Ok(Some(job)) => return Ok(job),
+            Ok(Some(live)) => {
+                let mut job = live.job;
+                if live.stdout_in_history {
+                    if let Some(result) = &mut job.result {
+                        result.stdout = self.store.stdout(id).await?;
+                    }
+                }
+                return Ok(job);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(job_id = %id, error = %e, "live state unavailable; reading the history")
@@ -213,7 +221,7 @@ impl JobService for JobApi {
         let job = match self.state.store.cancel(id, now).await? {
             CancelOutcome::Canceled(job) => {
                 tracing::info!(job_id = %id, "pending job canceled");
-                crate::live::announce(self.state.live.as_ref(), &job).await;
+                crate::live::announce(&self.state.live, &job).await;
                 job
             }
             CancelOutcome::Requested(job) => {

@@ -36,15 +36,25 @@ pub async fn produce(
     let job_id = job.id;
     let stream = async {
         let mut last = after_sequence;
-        send(&tx, last, Kind::Snapshot(job_to_pb(&job))).await?;
+        send(&tx, last, Kind::Snapshot(watched(&job))).await?;
         let mut job = job;
+        // Whether the fan-out told us of the terminal state (its publisher
+        // updated the live state first).
+        let mut announced = job.status.is_terminal();
         loop {
             // The status is read before the events: a terminal status is
             // committed after the run's last event, so the read below sees all.
             let terminal = job.status.is_terminal();
             last = catch_up(&state, &tx, job_id, last).await?;
             if terminal {
-                send(&tx, last, Kind::StatusChange(job_to_pb(&job))).await?;
+                if !announced {
+                    // Learned from the history before the fan-out: make sure a
+                    // GetJob after this message cannot read an older state.
+                    if let Err(e) = state.live.put_job(&job).await {
+                        tracing::debug!(job_id = %job_id, error = %e, "refreshing the live state");
+                    }
+                }
+                send(&tx, last, Kind::StatusChange(watched(&job))).await?;
                 return Ok(());
             }
             let recheck = tokio::time::sleep(RECHECK);
@@ -59,6 +69,10 @@ pub async fn produce(
                         }
                         Ok(LiveMessage::Event(event)) if event.seq <= last => {}
                         Ok(LiveMessage::Changed { status }) if !status.is_terminal() => {}
+                        Ok(LiveMessage::Changed { .. }) => {
+                            announced = true;
+                            break;
+                        }
                         // A gap, a terminal status, or a lag: read the history.
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => {
@@ -92,6 +106,16 @@ pub async fn produce(
             let _ = tx.send(Err(e.into())).await;
         }
     }
+}
+
+/// The job as a watch sends it: without result.stdout, which the events
+/// already carry piece by piece (and which may pass clients' 4 MiB limit).
+fn watched(job: &Job) -> crate::pb::Job {
+    let mut job = job_to_pb(job);
+    if let Some(result) = &mut job.result {
+        result.stdout.clear();
+    }
+    job
 }
 
 enum Stop {

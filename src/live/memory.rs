@@ -7,13 +7,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Hub, LiveError, LiveMessage, LiveState, JOB_TTL};
+use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, JOB_TTL};
 use crate::domain::Job;
 
 /// The embedded default: live state for a single process, no server needed.
 #[derive(Default)]
 pub struct MemoryLive {
-    jobs: Mutex<HashMap<Uuid, (Job, Instant)>>,
+    jobs: Mutex<HashMap<Uuid, (LiveJob, Instant)>>,
     queue: Mutex<VecDeque<Uuid>>,
     queued: Notify,
     hub: Hub,
@@ -40,15 +40,15 @@ impl LiveState for MemoryLive {
         }
         match jobs.get(&job.id) {
             Some((current, expires))
-                if *expires > now && current.status.rank() > job.status.rank() => {}
+                if *expires > now && current.job.status.rank() > job.status.rank() => {}
             _ => {
-                jobs.insert(job.id, (job.clone(), now + JOB_TTL));
+                jobs.insert(job.id, (LiveJob::of(job), now + JOB_TTL));
             }
         }
         Ok(())
     }
 
-    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, LiveError> {
+    async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError> {
         let jobs = Self::lock(&self.jobs);
         Ok(jobs
             .get(&id)

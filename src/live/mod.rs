@@ -25,6 +25,38 @@ pub use redis::RedisLive;
 /// How long a job's live state is kept after its last update.
 pub const JOB_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Largest stdout the live state keeps with a job; a longer one is read
+/// from the history when asked for.
+pub const LIVE_STDOUT_MAX: usize = 64 << 10;
+
+/// A job as the live state keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveJob {
+    pub job: Job,
+    /// The job's stdout was too long to keep here; the history has it.
+    #[serde(default)]
+    pub stdout_in_history: bool,
+}
+
+impl LiveJob {
+    pub fn of(job: &Job) -> LiveJob {
+        let long = job
+            .result
+            .as_ref()
+            .is_some_and(|r| r.stdout.len() > LIVE_STDOUT_MAX);
+        let mut kept = job.clone();
+        if long {
+            if let Some(result) = &mut kept.result {
+                result.stdout = String::new();
+            }
+        }
+        LiveJob {
+            job: kept,
+            stdout_in_history: long,
+        }
+    }
+}
+
 /// What watchers of one job receive through the fan-out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -55,7 +87,7 @@ pub trait LiveState: Send + Sync + 'static {
     /// (higher `JobStatus::rank`) is already there: writes may arrive late.
     async fn put_job(&self, job: &Job) -> Result<(), LiveError>;
     /// The job's current state, if known here.
-    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, LiveError>;
+    async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError>;
     /// Hands a PENDING job to the workers. Delivery may repeat; claims in the
     /// history make that harmless.
     async fn dispatch(&self, id: Uuid) -> Result<(), LiveError>;
@@ -90,11 +122,27 @@ pub async fn connect(
 }
 
 /// Publishes a job's new state (already committed to the history) to the
-/// live state and to its watchers. Failures only delay readers, who fall back
-/// to the history, so they are logged, not returned.
-pub async fn announce(live: &dyn LiveState, job: &Job) {
+/// live state and to its watchers. Readers fall back to the history while the
+/// live state is unreachable; a failed write of a terminal state is retried
+/// in the background, so a stale state cannot outlive a short outage.
+pub async fn announce(live: &Arc<dyn LiveState>, job: &Job) {
     if let Err(e) = live.put_job(job).await {
         tracing::warn!(job_id = %job.id, error = %e, "updating the live state");
+        if job.status.is_terminal() {
+            let live = live.clone();
+            let job = job.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_secs(1);
+                for _ in 0..30 {
+                    tokio::time::sleep(backoff).await;
+                    if live.put_job(&job).await.is_ok() {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                tracing::error!(job_id = %job.id, "gave up updating the live state");
+            });
+        }
     }
     let changed = LiveMessage::Changed { status: job.status };
     if let Err(e) = live.publish(job.id, &changed).await {

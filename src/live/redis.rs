@@ -16,7 +16,7 @@ use fred::types::Message;
 use tokio::sync::{broadcast, Mutex};
 use uuid::Uuid;
 
-use super::{Hub, LiveError, LiveMessage, LiveState, JOB_TTL};
+use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, JOB_TTL};
 use crate::domain::{Error, Job};
 
 pub struct RedisLive {
@@ -150,7 +150,8 @@ async fn route(
 #[async_trait]
 impl LiveState for RedisLive {
     async fn put_job(&self, job: &Job) -> Result<(), LiveError> {
-        let value = serde_json::to_string(job).map_err(|e| LiveError(e.to_string()))?;
+        let value =
+            serde_json::to_string(&LiveJob::of(job)).map_err(|e| LiveError(e.to_string()))?;
         self.commands
             .eval::<i64, _, _, _>(
                 PUT_JOB,
@@ -166,7 +167,7 @@ impl LiveState for RedisLive {
             .map_err(live_error)
     }
 
-    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, LiveError> {
+    async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError> {
         let value: Option<String> = self
             .commands
             .get(self.job_key(id))
@@ -175,7 +176,7 @@ impl LiveState for RedisLive {
         let Some(text) = value else {
             return Ok(None);
         };
-        match text.get(1..).map(serde_json::from_str::<Job>) {
+        match text.get(1..).map(serde_json::from_str::<LiveJob>) {
             Some(Ok(job)) => Ok(Some(job)),
             _ => {
                 // An entry from another version: the history answers instead.

@@ -1,15 +1,46 @@
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::entities::job_events::{self, Column};
+use super::entities::jobs;
 use super::{db_error, Store};
 use crate::domain::{from_micros, to_micros, Error, JobEvent};
 
 impl Store {
-    /// Stores a batch of events in one statement.
-    pub async fn insert_events(&self, events: &[JobEvent]) -> Result<(), Error> {
-        if events.is_empty() {
-            return Ok(());
+    /// Stores a batch of a run's events (numbered from the job's last stored
+    /// sequence on) in one transaction, fenced by the claim. Returns false,
+    /// storing nothing, when the worker no longer holds the job.
+    pub async fn insert_events(
+        &self,
+        attempt: u32,
+        worker_id: &str,
+        events: &[JobEvent],
+    ) -> Result<bool, Error> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(true);
+        };
+        let job_id = first.job_id;
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| db_error("begin event batch", e))?;
+        let moved = jobs::Entity::update_many()
+            .col_expr(jobs::Column::LastSeq, Expr::value(last.seq as i64))
+            .filter(Store::fenced(job_id, attempt, worker_id))
+            .filter(jobs::Column::LastSeq.eq(first.seq as i64 - 1))
+            .exec(&txn)
+            .await
+            .map_err(|e| db_error("advance last event", e))?;
+        if moved.rows_affected != 1 {
+            txn.rollback()
+                .await
+                .map_err(|e| db_error("roll back event batch", e))?;
+            return Ok(false);
         }
         let rows = events.iter().map(|e| job_events::ActiveModel {
             job_id: Set(e.job_id.to_string()),
@@ -23,10 +54,13 @@ impl Store {
             event_data: Set(serde_json::Value::Object(e.event_data.clone()).to_string()),
         });
         job_events::Entity::insert_many(rows)
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await
             .map_err(|e| db_error("insert events", e))?;
-        Ok(())
+        txn.commit()
+            .await
+            .map_err(|e| db_error("commit event batch", e))?;
+        Ok(true)
     }
 
     /// Up to `limit` events of a job with a sequence above `after`, in order.

@@ -2,11 +2,12 @@ use std::collections::BTreeMap;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, Iterable, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
+use super::entities::job_output;
 use super::entities::jobs::{self, Column};
 use super::{db_error, Store};
 use crate::domain::{
@@ -31,6 +32,26 @@ pub struct ListPage {
     /// Set when more jobs follow this page.
     pub next: Option<Cursor>,
     pub total: u64,
+}
+
+/// Largest piece of stdout stored in one row (and one statement).
+const OUTPUT_CHUNK: usize = 1 << 20;
+
+/// Splits text into pieces of at most `max` bytes, on character boundaries.
+fn utf8_chunks(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some(head)
+    })
 }
 
 /// A run whose process group is on record (see `runs_on_host`).
@@ -87,13 +108,34 @@ impl Store {
             .transpose()
     }
 
+    /// The whole job, stdout included.
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, Error> {
-        jobs::Entity::find_by_id(id.to_string())
+        let Some(row) = jobs::Entity::find_by_id(id.to_string())
             .one(&self.db)
             .await
             .map_err(|e| db_error("get job", e))?
-            .map(from_row)
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let mut job = from_row(row)?;
+        if let Some(result) = &mut job.result {
+            result.stdout = self.stdout(id).await?;
+        }
+        Ok(Some(job))
+    }
+
+    /// A finished run's stdout.
+    pub async fn stdout(&self, id: Uuid) -> Result<String, Error> {
+        let chunks: Vec<String> = job_output::Entity::find()
+            .select_only()
+            .column(job_output::Column::Text)
+            .filter(job_output::Column::JobId.eq(id.to_string()))
+            .order_by_asc(job_output::Column::Chunk)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("read stdout", e))?;
+        Ok(chunks.concat())
     }
 
     /// One page of the history, newest first, by keyset on (created_at, id).
@@ -130,13 +172,9 @@ impl Store {
             );
         }
         let rows = page
-            .select_only()
-            .columns(Column::iter().filter(|c| !matches!(c, Column::Stdout)))
-            .column_as(Expr::cust("NULL"), "stdout")
             .order_by_desc(Column::CreatedAt)
             .order_by_desc(Column::Id)
             .limit(page_size + 1)
-            .into_model::<jobs::Model>()
             .all(&self.db)
             .await
             .map_err(|e| db_error("list jobs", e))?;
@@ -185,7 +223,7 @@ impl Store {
         self.get_job(id).await
     }
 
-    fn fenced(id: Uuid, attempt: u32, worker_id: &str) -> Condition {
+    pub(super) fn fenced(id: Uuid, attempt: u32, worker_id: &str) -> Condition {
         Condition::all()
             .add(Column::Id.eq(id.to_string()))
             .add(Column::Status.eq(JobStatus::Running.as_str()))
@@ -265,21 +303,47 @@ impl Store {
                 .map_err(|e| Error::internal("encode stats", e))?;
             update = update
                 .col_expr(Column::Rc, Expr::value(result.rc))
-                .col_expr(Column::Stdout, Expr::value(result.stdout.clone()))
                 .col_expr(
                     Column::StdoutTruncated,
                     Expr::value(result.stdout_truncated),
                 )
                 .col_expr(Column::Stats, Expr::value(stats));
         }
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| db_error("begin finish", e))?;
         let done = update
             .filter(Self::fenced(id, attempt, worker_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(|e| db_error("finish job", e))?;
         if done.rows_affected != 1 {
+            txn.rollback()
+                .await
+                .map_err(|e| db_error("roll back finish", e))?;
             return Ok(None);
         }
+        let stdout = outcome
+            .result
+            .as_ref()
+            .map(|r| r.stdout.as_str())
+            .unwrap_or("");
+        for (chunk, text) in utf8_chunks(stdout, OUTPUT_CHUNK).enumerate() {
+            let row = job_output::ActiveModel {
+                job_id: Set(id.to_string()),
+                chunk: Set(chunk as i32),
+                text: Set(text.to_owned()),
+            };
+            job_output::Entity::insert(row)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(|e| db_error("store stdout", e))?;
+        }
+        txn.commit()
+            .await
+            .map_err(|e| db_error("commit finish", e))?;
         self.get_job(id).await
     }
 
@@ -505,7 +569,6 @@ fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         started_at: Set(job.started_at.map(to_micros)),
         finished_at: Set(job.finished_at.map(to_micros)),
         rc: Set(None),
-        stdout: Set(None),
         stdout_truncated: Set(false),
         stats: Set(None),
         error: Set(job.error.clone()),
@@ -516,6 +579,7 @@ fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         cancel_requested: Set(false),
         run_host: Set(None),
         run_pgid: Set(None),
+        last_seq: Set(0),
     })
 }
 
@@ -529,7 +593,7 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
         };
         Ok(JobResult {
             rc,
-            stdout: row.stdout.clone().unwrap_or_default(),
+            stdout: String::new(),
             stdout_truncated: row.stdout_truncated,
             stats,
         })
@@ -559,4 +623,18 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
         },
         attempt: row.attempt.max(0) as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_chunks;
+
+    #[test]
+    fn chunks_keep_characters_whole() {
+        let text = "ab\u{e9}cd\u{e9}";
+        let chunks: Vec<&str> = utf8_chunks(text, 3).collect();
+        assert_eq!(chunks.concat(), text);
+        assert!(chunks.iter().all(|c| c.len() <= 3));
+        assert_eq!(utf8_chunks("", 3).count(), 0);
+    }
 }

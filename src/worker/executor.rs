@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +48,9 @@ pub struct RawEvent {
     pub stdout: String,
     #[serde(default)]
     pub event_data: Map<String, Value>,
+    /// Bytes of the JSON line it came from.
+    #[serde(skip)]
+    pub size: usize,
 }
 
 /// What a finished run produced.
@@ -154,6 +157,7 @@ impl Executor {
 
         let mut stopped = None;
         let mut watching = true;
+        let mut kill_deadline = None;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
@@ -166,7 +170,9 @@ impl Executor {
                     stopped = Some(reason);
                     tracing::info!(pgid, ?reason, "stopping the playbook");
                     signal_group(pgid, libc::SIGTERM);
-                    match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                    let deadline = tokio::time::Instant::now() + self.kill_grace;
+                    kill_deadline = Some(deadline);
+                    match tokio::time::timeout_at(deadline, child.wait()).await {
                         Ok(status) => break status,
                         Err(_) => {
                             signal_group(pgid, libc::SIGKILL);
@@ -176,8 +182,24 @@ impl Executor {
                 }
             }
         };
-        // Nothing of the run may outlive it: descendants left in the group go too.
+        // Nothing of a stopped run may outlive it: what is left in its group,
+        // and Ansible's workers and modules, which run in sessions of their
+        // own. They get what is left of the grace to exit, then SIGKILL.
         signal_group(pgid, libc::SIGKILL);
+        if let Some(deadline) = kill_deadline {
+            let job = job_id.to_string();
+            while tokio::time::Instant::now() < deadline
+                && !super::job_processes(Path::new("/proc"), &job).is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let killed = tokio::task::spawn_blocking(move || super::kill_job_processes(&job))
+                .await
+                .unwrap_or(0);
+            if killed > 0 {
+                tracing::info!(job_id = %job_id, killed, "killed processes left by the stopped run");
+            }
+        }
         let rc = match status {
             Ok(status) => status.code().unwrap_or(-1),
             Err(e) => {
@@ -306,16 +328,28 @@ fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<S
     Ok(args)
 }
 
+/// Longest event line kept; a longer one (a huge task result) is skipped so
+/// that one event cannot take the worker's memory.
+const MAX_EVENT_LINE: usize = 4 << 20;
+
 /// Reads the event pipe to its end, forwarding each event and keeping the
 /// per-host stats of `playbook_on_stats`.
 async fn read_events(fd: OwnedFd, events: mpsc::Sender<RawEvent>) -> BTreeMap<String, HostStats> {
     let mut stats = BTreeMap::new();
     let file = tokio::fs::File::from_std(std::fs::File::from(fd));
-    let mut lines = BufReader::new(file).lines();
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => match serde_json::from_str::<RawEvent>(&line) {
-                Ok(event) => {
+        line.clear();
+        match read_line_bounded(&mut reader, &mut line, MAX_EVENT_LINE).await {
+            Ok(None) => break,
+            Ok(Some(false)) => tracing::warn!(
+                limit = MAX_EVENT_LINE,
+                "skipped an event line over the limit"
+            ),
+            Ok(Some(true)) => match serde_json::from_slice::<RawEvent>(&line) {
+                Ok(mut event) => {
+                    event.size = line.len();
                     if event.event == "playbook_on_stats" {
                         stats = host_stats(&event.event_data);
                     }
@@ -327,7 +361,6 @@ async fn read_events(fd: OwnedFd, events: mpsc::Sender<RawEvent>) -> BTreeMap<St
                     tracing::warn!(error = %e, "unreadable event line from the callback plugin")
                 }
             },
-            Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "reading events");
                 break;
@@ -335,6 +368,39 @@ async fn read_events(fd: OwnedFd, events: mpsc::Sender<RawEvent>) -> BTreeMap<St
         }
     }
     stats
+}
+
+/// Reads one line into `out` (without its newline). `None` at the end of the
+/// input; `Some(false)` when the line was longer than `max` and was dropped.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    let mut read_any = false;
+    let mut overflow = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(read_any.then_some(!overflow));
+        }
+        read_any = true;
+        let newline = buf.iter().position(|b| *b == b'\n');
+        let chunk = &buf[..newline.unwrap_or(buf.len())];
+        if !overflow {
+            if out.len() + chunk.len() > max {
+                overflow = true;
+                out.clear();
+            } else {
+                out.extend_from_slice(chunk);
+            }
+        }
+        let used = chunk.len() + usize::from(newline.is_some());
+        reader.consume(used);
+        if newline.is_some() {
+            return Ok(Some(!overflow));
+        }
+    }
 }
 
 /// Picks one counter of a host's stats.
@@ -415,4 +481,30 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_line_bounded;
+
+    #[tokio::test]
+    async fn long_lines_are_dropped_whole() {
+        let input = format!("short\n{}\nnext\nlast", "x".repeat(100));
+        let mut reader = tokio::io::BufReader::with_capacity(16, input.as_bytes());
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(kept) = read_line_bounded(&mut reader, &mut line, 10).await.unwrap() {
+            seen.push(kept.then(|| String::from_utf8(line.clone()).unwrap()));
+            line.clear();
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Some("short".into()),
+                None,
+                Some("next".into()),
+                Some("last".into())
+            ]
+        );
+    }
 }

@@ -5,6 +5,7 @@
 
 mod executor;
 mod orphans;
+mod processes;
 mod run;
 mod sweeper;
 
@@ -22,7 +23,7 @@ use crate::store::Store;
 pub use executor::{
     signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason, DEFAULT_STDOUT_CAP,
 };
-pub use orphans::{group_runs_job, JOB_ID_ENV};
+pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
 
 /// Timing of leases and shutdown.

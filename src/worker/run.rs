@@ -15,6 +15,9 @@ use crate::live::LiveMessage;
 
 /// Events stored per round trip to the history at most.
 const EVENT_BATCH: usize = 200;
+/// Bytes of events stored per round trip at most (well under MariaDB's
+/// default 16 MiB max_allowed_packet).
+const EVENT_BATCH_BYTES: usize = 4 << 20;
 /// How long the recorder waits to fill a batch.
 const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(20);
 
@@ -24,7 +27,7 @@ impl Worker {
         let _enter = span.enter();
         drop(_enter);
         tracing::info!(parent: &span, playbook = %job.spec.playbook, "running");
-        crate::live::announce(self.live.as_ref(), &job).await;
+        crate::live::announce(&self.live, &job).await;
 
         let (stop_tx, stop_rx) = watch::channel(None);
         let lost = CancellationToken::new();
@@ -36,8 +39,12 @@ impl Worker {
         let output = match self.catalogue.resolve(&job.spec.playbook) {
             Ok(playbook) => {
                 let (events_tx, events_rx) = mpsc::channel(1024);
-                let recorder =
-                    tokio::spawn(self.clone().record_events(job.id, events_rx, lost.clone()));
+                let recorder = tokio::spawn(self.clone().record_events(
+                    job.id,
+                    job.attempt,
+                    events_rx,
+                    lost.clone(),
+                ));
                 let pgid_worker = self.clone();
                 let (id, attempt) = (job.id, job.attempt);
                 let output = self
@@ -97,7 +104,7 @@ impl Worker {
             {
                 Ok(Some(done)) => {
                     tracing::info!(job_id = %job.id, status = %done.status, "finished");
-                    crate::live::announce(self.live.as_ref(), &done).await;
+                    crate::live::announce(&self.live, &done).await;
                     return;
                 }
                 Ok(None) => {
@@ -175,6 +182,10 @@ impl Worker {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => cancels = self.live.hub().cancel_requests(),
                 },
+                _ = lost.cancelled() => {
+                    request(StopReason::LeaseLost);
+                    return;
+                }
                 _ = &mut deadline, if !timed_out => {
                     timed_out = true;
                     request(StopReason::Timeout);
@@ -190,6 +201,7 @@ impl Worker {
     async fn record_events(
         self: Arc<Self>,
         job_id: Uuid,
+        attempt: u32,
         mut events: mpsc::Receiver<RawEvent>,
         lost: CancellationToken,
     ) -> u64 {
@@ -199,11 +211,15 @@ impl Worker {
             let Some(first) = events.recv().await else {
                 break;
             };
+            let mut bytes = first.size;
             let mut batch = vec![first];
             let window = Instant::now() + EVENT_BATCH_WINDOW;
-            while batch.len() < EVENT_BATCH {
+            while batch.len() < EVENT_BATCH && bytes < EVENT_BATCH_BYTES {
                 match tokio::time::timeout_at(window, events.recv()).await {
-                    Ok(Some(event)) => batch.push(event),
+                    Ok(Some(event)) => {
+                        bytes += event.size;
+                        batch.push(event);
+                    }
                     Ok(None) => {
                         open = false;
                         break;
@@ -230,8 +246,13 @@ impl Worker {
                 .collect();
             let mut backoff = Duration::from_millis(50);
             loop {
-                match self.store.insert_events(&batch).await {
-                    Ok(()) => break,
+                match self.store.insert_events(attempt, &self.id, &batch).await {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::warn!(job_id = %job_id, "lease lost; events are no longer recorded");
+                        lost.cancel();
+                        return seq;
+                    }
                     Err(e) if !lost.is_cancelled() => {
                         tracing::warn!(job_id = %job_id, error = %e, "storing events; retrying");
                         tokio::time::sleep(backoff).await;

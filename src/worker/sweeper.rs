@@ -50,7 +50,7 @@ impl Sweeper {
         let now = chrono::Utc::now().timestamp_micros();
         for job in self.store.expire_leases(now).await? {
             tracing::warn!(job_id = %job.id, "worker lost; job failed");
-            announce(self.live.as_ref(), &job).await;
+            announce(&self.live, &job).await;
             report.workers_lost += 1;
         }
         if self.live.queue_len().await? == 0 {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -174,7 +175,8 @@ pub async fn connect(addr: std::net::SocketAddr) -> JobServiceClient<Channel> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match JobServiceClient::connect(format!("http://{addr}")).await {
-            Ok(client) => return client,
+            // Room for a job's 16 MiB stdout.
+            Ok(client) => return client.max_decoding_message_size(32 << 20),
             Err(e) if tokio::time::Instant::now() > deadline => panic!("connect {addr}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -241,13 +243,24 @@ pub async fn watch_all(
     messages
 }
 
-/// Watches a job to its end and returns the terminal job.
+/// Watches a job to its end; returns the terminal job as GetJob has it,
+/// after checking the watch's status_change is that job without its stdout.
 pub async fn wait_terminal(client: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
     let messages = watch_all(client, id, 0).await;
-    match messages.last().and_then(|m| m.kind.clone()) {
+    let change = match messages.last().and_then(|m| m.kind.clone()) {
         Some(Kind::StatusChange(job)) => job,
         other => panic!("watch ended without a status_change: {other:?}"),
+    };
+    let full = get(client, id).await;
+    let mut expected = full.clone();
+    if let Some(result) = &mut expected.result {
+        result.stdout.clear();
     }
+    assert_eq!(
+        change, expected,
+        "the status_change is the terminal job, stdout aside"
+    );
+    full
 }
 
 pub fn events(messages: &[WatchJobResponse]) -> Vec<pb::JobEvent> {

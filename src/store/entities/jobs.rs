@@ -20,8 +20,6 @@ pub struct Model {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub rc: Option<i32>,
-    #[sea_orm(column_type = "Text", nullable)]
-    pub stdout: Option<String>,
     pub stdout_truncated: bool,
     #[sea_orm(column_type = "Text", nullable)]
     pub stats: Option<String>,
@@ -34,6 +32,8 @@ pub struct Model {
     pub cancel_requested: bool,
     pub run_host: Option<String>,
     pub run_pgid: Option<i32>,
+    /// Sequence of the last stored event.
+    pub last_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,4 +1,5 @@
 //! SeaORM entities of the history; the schema itself lives in the `migration` crate.
 
 pub mod job_events;
+pub mod job_output;
 pub mod jobs;

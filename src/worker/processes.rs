@@ -1,0 +1,55 @@
+//! Every process of a run carries `ARS_JOB_ID=<job id>` in its environment.
+//! That is how the service finds all of them: Ansible's own workers leave the
+//! playbook's process group (they call setsid), so a signal to the group does
+//! not reach them or the modules they run.
+
+use std::path::Path;
+
+/// The variable every run's processes carry, naming their job.
+pub const JOB_ID_ENV: &str = "ARS_JOB_ID";
+
+/// Live (not zombie) processes under `proc` whose environment names the job.
+pub fn job_processes(proc: &Path, job_id: &str) -> Vec<i32> {
+    let marker = format!("{JOB_ID_ENV}={job_id}");
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The state follows the command name, which may hold spaces and ')'.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            if state == "Z" || state == "X" {
+                return None;
+            }
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == marker.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILLs every process of the job, again until none is left (a process
+/// may fork while it is being killed). Returns how many were signalled.
+pub fn kill_job_processes(job_id: &str) -> usize {
+    let mut killed = 0;
+    for _ in 0..20 {
+        let pids = job_processes(Path::new("/proc"), job_id);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in &pids {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        killed += pids.len();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killed
+}

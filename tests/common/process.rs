@@ -1,0 +1,240 @@
+//! The service as a real process (where a crash must be simulated: kill -9,
+//! SIGSTOP), and a private redis-server that a test may restart empty.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ansible_runner_service::app::Settings;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_file(name: &str) -> (PathBuf, std::fs::File) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&path).unwrap();
+    (path, file)
+}
+
+/// A running `ansible-runner-service serve` or `worker`.
+pub struct ServiceProcess {
+    child: Child,
+    pub addr: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl ServiceProcess {
+    fn command(settings: &Settings, subcommand: &str, extra_env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"));
+        command
+            .arg(subcommand)
+            .env("DATABASE_URL", &settings.database_url)
+            .env("REDIS_PREFIX", &settings.redis_prefix)
+            .env("PLAYBOOKS_DIR", &settings.playbooks_dir)
+            .env("WORKER_CONCURRENCY", settings.workers.to_string())
+            .env("LEASE_SECONDS", settings.lease.as_secs().to_string())
+            .env(
+                "SWEEP_INTERVAL_SECONDS",
+                settings.sweep_interval.as_secs().to_string(),
+            )
+            .env(
+                "REDISPATCH_AFTER_SECONDS",
+                settings.redispatch_after.as_secs().to_string(),
+            )
+            .env(
+                "KILL_GRACE_SECONDS",
+                settings.kill_grace.as_secs().to_string(),
+            )
+            .env(
+                "SHUTDOWN_GRACE_SECONDS",
+                settings.shutdown_grace.as_secs().to_string(),
+            )
+            .env("RUST_LOG", "info")
+            .env_remove("LISTEN_ADDR")
+            .stdin(Stdio::null());
+        match &settings.redis_url {
+            Some(url) => command.env("REDIS_URL", url),
+            None => command.env_remove("REDIS_URL"),
+        };
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    fn spawn(mut command: Command, name: &str, addr: Option<SocketAddr>) -> ServiceProcess {
+        let (log, file) = log_file(name);
+        let child = command
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start the service binary");
+        ServiceProcess { child, addr, log }
+    }
+
+    /// `serve` on a free port; returns once it answers.
+    pub async fn serve(settings: &Settings, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = Self::command(settings, "serve", extra_env);
+        command.arg("--listen").arg(addr.to_string());
+        let process = Self::spawn(command, "serve", Some(addr));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve did not listen; log: {}",
+                process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// `worker` with the settings' concurrency.
+    pub fn worker(settings: &Settings) -> ServiceProcess {
+        Self::spawn(Self::command(settings, "worker", &[]), "worker", None)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// `kill -9`, then reaps the process.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself (after SIGTERM, say).
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process did not exit; log: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// A redis-server of the test's own, on a spare port, keeping nothing on disk.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, &dir);
+        let server = RedisServer { child, port, dir };
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH")
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut reply = [0u8; 7];
+                if stream.write_all(b"PING\r\n").await.is_ok()
+                    && stream.read_exact(&mut reply).await.is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    pub async fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, &self.dir);
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
