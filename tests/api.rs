@@ -244,7 +244,7 @@ async fn request_id_returns_the_same_job(backend: Backend) {
     // Concurrent submits with one new request_id make one job.
     req.request_id = "deploy-43".into();
     let mut calls = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..50 {
         let mut c = client.clone();
         let r = req.clone();
         calls.push(tokio::spawn(async move { submit(&mut c, r).await.job_id }));

@@ -233,6 +233,57 @@ async fn unreachable_database_is_unavailable_and_recovers() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_job_survives_a_brief_database_outage() {
+    let history = History::new(Backend::Shared).await;
+    let target = history
+        .settings
+        .database_url
+        .trim_start_matches("mysql://root@")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let db_name = history
+        .settings
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut settings = history.settings.clone();
+    settings.database_url = format!("mysql://root@{}/{db_name}", proxy.addr);
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+
+    let mut req = request("slow.yml");
+    req.extra_vars = vars(serde_json::json!({"steps": 6, "step_seconds": 0.5}));
+    let job = submit(&mut client, req).await;
+    eventually(Duration::from_secs(60), "the job to run", || {
+        let mut client = client.clone();
+        let id = job.job_id.clone();
+        async move { (status(&get(&mut client, &id).await) == pb::JobStatus::Running).then_some(()) }
+    })
+    .await;
+    // Shorter than the lease (6 s): the worker keeps its claim and catches up.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    let stored = events(&watch_all(&mut client, &job.job_id, 0).await);
+    let sequences: Vec<u64> = stored.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=stored.len() as u64).collect::<Vec<_>>());
+    assert!(
+        stored.iter().any(|e| e.event == "playbook_on_stats"),
+        "every event was stored"
+    );
+    server.stop().await;
+}
+
 on_both_backends!(
     lost_worker_ends_worker_lost,
     duplicate_deliveries_run_a_job_once
