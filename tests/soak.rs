@@ -10,7 +10,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ansible_runner_service::pb;
 use ansible_runner_service::store::entities::{job_events, jobs};
 use common::process::{RedisServer, ServiceProcess};
 use common::*;
@@ -165,13 +164,7 @@ async fn soak_loses_nothing_and_runs_nothing_twice() {
     assert!(lost.is_empty(), "lost jobs: {lost:?}");
     assert!(twice.is_empty(), "jobs run twice: {twice:?}");
     assert!(
-        by_status
-            .get(
-                pb::JobStatus::Successful
-                    .as_str_name()
-                    .trim_start_matches("JOB_STATUS_")
-            )
-            .is_some(),
+        by_status.contains_key("SUCCESSFUL"),
         "some jobs succeeded despite the faults"
     );
 }
