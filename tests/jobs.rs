@@ -410,7 +410,7 @@ async fn inventory_and_options_reach_ansible(backend: Backend) {
     let listed = submit(&mut client, req).await;
 
     // An inline inventory of two local hosts, limited to one of them.
-    let local = json!({"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"});
+    let local = json!({"ansible_connection": "local", "ansible_python_interpreter": python()});
     let mut req = request("hello.yml");
     req.inventory = Some(pb::Inventory {
         source: Some(pb::inventory::Source::Inline(
@@ -455,7 +455,65 @@ async fn inventory_and_options_reach_ansible(backend: Backend) {
     server.stop().await;
 }
 
+/// The Python that runs Ansible (inline inventory values are never
+/// templated, so `{{ ansible_playbook_python }}` is not available there).
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn caller_values_are_never_templated(backend: Backend) {
+    let history = History::new(backend).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = |name: &str| dir.path().join(name);
+    let attack = |name: &str| {
+        format!(
+            "{{{{ lookup('pipe', 'touch {}') }}}}",
+            marker(name).display()
+        )
+    };
+
+    // In extra vars, at the top and nested.
+    let mut req = request("hello.yml");
+    req.extra_vars = vars(json!({"who": attack("extra"), "nested": [{"deep": attack("nested")}]}));
+    let from_vars = submit(&mut client, req).await;
+
+    // In an inline inventory's host variables.
+    let mut req = request("hello.yml");
+    req.inventory = Some(pb::Inventory {
+        source: Some(pb::inventory::Source::Inline(
+            vars(json!({"all": {"hosts": {"localhost": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": python(),
+                "who": attack("inventory"),
+            }}}}))
+            .unwrap(),
+        )),
+    });
+    let from_inventory = submit(&mut client, req).await;
+
+    for (job, name) in [(from_vars, "extra"), (from_inventory, "inventory")] {
+        let done = wait_terminal(&mut client, &job.job_id).await;
+        assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+        let stdout = &done.result.unwrap().stdout;
+        assert!(
+            stdout.contains(&format!("Hello, {}!", attack(name))),
+            "printed literally: {stdout}"
+        );
+    }
+    for name in ["extra", "nested", "inventory"] {
+        assert!(!marker(name).exists(), "the {name} value was evaluated");
+    }
+    server.stop().await;
+}
+
 on_both_backends!(
+    caller_values_are_never_templated,
     inventory_and_options_reach_ansible,
     hello_runs_and_streams_every_event,
     failing_playbook_ends_failed,

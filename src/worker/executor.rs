@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReade
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
+use super::unsafe_yaml::to_unsafe_yaml;
 use crate::domain::{HostStats, Inventory, JobSpec};
 
 /// The callback plugin, shipped inside the binary and written next to each run.
@@ -281,17 +282,46 @@ fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<S
                 .collect();
             json!({"all": {"hosts": hosts}})
         }
-        Inventory::Inline(doc) => Value::Object(doc.clone()),
+        // The caller's inventory is data: its values are never templated.
+        Inventory::Inline(doc) => {
+            return write_files(dir, &to_unsafe_yaml(&Value::Object(doc.clone())), spec)
+                .map(|paths| arguments(paths, playbook, spec));
+        }
     };
-    // JSON is YAML: the yaml inventory plugin reads this file.
-    let inventory_path = dir.join("inventory.yml");
-    std::fs::write(&inventory_path, inventory.to_string())?;
-    let vars_path = dir.join("extra_vars.json");
-    std::fs::write(
-        &vars_path,
-        Value::Object(spec.extra_vars.clone()).to_string(),
-    )?;
+    // Our own inventory (validated host names, our variables) is plain JSON,
+    // which is YAML too.
+    write_files(dir, &inventory.to_string(), spec).map(|paths| arguments(paths, playbook, spec))
+}
 
+/// Writes the inventory and the extra vars (marked unsafe: data, never
+/// templates), readable by the service's user only.
+fn write_files(dir: &Path, inventory: &str, spec: &JobSpec) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |path: &Path, text: &str| -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(text.as_bytes())
+    };
+    let inventory_path = dir.join("inventory.yml");
+    write(&inventory_path, inventory)?;
+    let vars_path = dir.join("extra_vars.yml");
+    write(
+        &vars_path,
+        &to_unsafe_yaml(&Value::Object(spec.extra_vars.clone())),
+    )?;
+    Ok((inventory_path, vars_path))
+}
+
+/// ansible-playbook's argument vector: options, then `--`, then the playbook.
+fn arguments(
+    (inventory_path, vars_path): (PathBuf, PathBuf),
+    playbook: &Path,
+    spec: &JobSpec,
+) -> Vec<String> {
     let mut args = vec![
         "-i".to_owned(),
         inventory_path.display().to_string(),
@@ -325,7 +355,7 @@ fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<S
     }
     args.push("--".into());
     args.push(playbook.display().to_string());
-    Ok(args)
+    args
 }
 
 /// Longest event line kept; a longer one (a huge task result) is skipped so

@@ -8,6 +8,7 @@ mod orphans;
 mod processes;
 mod run;
 mod sweeper;
+mod unsafe_yaml;
 
 use std::sync::Arc;
 use std::time::Duration;
