@@ -37,6 +37,21 @@ pub struct Settings {
     pub kill_grace: Duration,
     pub shutdown_grace: Duration,
     pub stdout_cap: usize,
+    /// File of `<client> <sha256 hex>` lines; unset: no authentication.
+    pub api_keys_file: Option<PathBuf>,
+    pub tls: Option<TlsSettings>,
+    /// Largest request accepted (RESOURCE_EXHAUSTED beyond).
+    pub max_request_bytes: usize,
+    /// Open WatchJob streams per client at most.
+    pub max_watches_per_client: usize,
+}
+
+/// PEM files for TLS; with a client CA, clients need a certificate it signed.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -58,6 +73,10 @@ impl Settings {
             kill_grace: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             stdout_cap: DEFAULT_STDOUT_CAP,
+            api_keys_file: None,
+            tls: None,
+            max_request_bytes: 1 << 20,
+            max_watches_per_client: 100,
         }
     }
 }
@@ -70,6 +89,10 @@ pub struct AppState {
     pub limits: Limits,
     /// How long CancelJob waits for a running job to stop before answering.
     pub cancel_wait: Duration,
+    /// Signs page tokens; the same on every API server.
+    pub page_key: Vec<u8>,
+    pub max_watches_per_client: usize,
+    watch_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl AppState {
@@ -78,6 +101,7 @@ impl AppState {
         let catalogue = Catalogue::open(&settings.playbooks_dir)?;
         let store = Store::connect(&settings.database_url).await?;
         store.migrate().await?;
+        let page_key = store.service_secret("page_token").await?;
         let live = live::connect(settings.redis_url.as_deref(), &settings.redis_prefix).await?;
         Ok(Arc::new(AppState {
             store,
@@ -85,13 +109,67 @@ impl AppState {
             catalogue,
             limits: settings.limits.clone(),
             cancel_wait: settings.kill_grace + Duration::from_secs(5),
+            page_key,
+            max_watches_per_client: settings.max_watches_per_client,
+            watch_slots: Default::default(),
         }))
+    }
+
+    /// A place for one more watch stream of this caller, held while it lasts.
+    pub fn watch_slot(
+        &self,
+        caller: &crate::grpc::auth::Caller,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let slots = {
+            let mut all = self.watch_slots.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(caller.name().to_owned())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(self.max_watches_per_client))
+                })
+                .clone()
+        };
+        slots.try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "client {} already has {} open watch streams, the most allowed",
+                caller.name(),
+                self.max_watches_per_client
+            ))
+        })
     }
 
     pub async fn close(&self) {
         self.live.close().await;
         self.store.clone().close().await;
     }
+}
+
+fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| Error::internal(format!("read {}", path.display()), e))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
+/// tonic answers OUT_OF_RANGE to a request over the size limit; gRPC says
+/// RESOURCE_EXHAUSTED, which is what clients check for.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// Finds ansible-playbook (a path, or a name looked up on PATH).
@@ -190,8 +268,29 @@ pub async fn serve(
         async move { run_workers(state, &workers_settings, shutdown).await }
     });
 
-    tracing::info!(?addr, workers = settings.workers, "serving");
-    let api = JobServiceServer::new(JobApi::new(state.clone(), shutdown.clone()));
+    let keys = match &settings.api_keys_file {
+        Some(path) => {
+            let keys = crate::grpc::auth::ApiKeys::load(path)?;
+            tracing::info!(file = %path.display(), "API keys required");
+            Some(Arc::new(keys))
+        }
+        None => {
+            tracing::warn!("no API keys configured: every caller may run playbooks");
+            None
+        }
+    };
+    tracing::info!(
+        ?addr,
+        workers = settings.workers,
+        tls = settings.tls.is_some(),
+        "serving"
+    );
+    let api = JobServiceServer::new(JobApi::new(state.clone(), shutdown.clone()))
+        .max_decoding_message_size(settings.max_request_bytes);
+    let api = tonic::service::interceptor::InterceptedService::new(
+        api,
+        crate::grpc::auth::interceptor(keys),
+    );
     let stopping = {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -201,7 +300,16 @@ pub async fn serve(
             tracing::info!("shutting down: no new requests or jobs");
         }
     };
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        server = server
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::internal("configure TLS", e))?;
+    }
+    let served = server
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

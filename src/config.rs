@@ -40,6 +40,22 @@ pub enum Command {
     Migrate(StoreArgs),
     /// Ask a server's grpc.health.v1 whether the JobService is SERVING (exit 0) or not (exit 1).
     Health(HealthArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a client: prints the key once and appends its hash to the keys file.
+    Create {
+        /// The client's name, recorded as submitted_by on its jobs.
+        #[arg(long)]
+        name: String,
+        /// The keys file the server reads (API_KEYS_FILE).
+        #[arg(long, env = "API_KEYS_FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +81,24 @@ pub struct ServeArgs {
     /// Address of the gRPC API.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// File of API keys (`<client> <sha256 hex>` lines, see `keys create`); unset: no authentication.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Server certificate (PEM); with --tls-key, serves TLS.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates: clients without one are refused (mutual TLS).
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1 << 20)]
+    pub max_request_bytes: usize,
+    /// Open WatchJob streams per client at most.
+    #[arg(long, env = "MAX_WATCHES_PER_CLIENT", default_value_t = 100)]
+    pub max_watches_per_client: usize,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -153,6 +187,29 @@ impl RunArgs {
             kill_grace: Duration::from_secs(self.kill_grace_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             stdout_cap: DEFAULT_STDOUT_CAP,
+            api_keys_file: None,
+            tls: None,
+            max_request_bytes: 1 << 20,
+            max_watches_per_client: 100,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            api_keys_file: self.api_keys_file.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::app::TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_watches_per_client: self.max_watches_per_client,
+            ..self.run.settings()
         }
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use ansible_runner_service::app::{self, AppState};
-use ansible_runner_service::config::{Cli, Command, LogFormat};
+use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
 use ansible_runner_service::store::Store;
 use clap::Parser;
@@ -32,8 +32,9 @@ async fn run(command: Command) -> Result<(), Error> {
             Ok(())
         }
         Command::Health(args) => health(&args.addr).await,
+        Command::Keys(KeysCommand::Create { name, file }) => create_key(&name, &file),
         Command::Serve(args) => {
-            let settings = args.run.settings();
+            let settings = args.settings();
             let state = AppState::connect(&settings).await?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -48,6 +49,31 @@ async fn run(command: Command) -> Result<(), Error> {
             result
         }
     }
+}
+
+/// Prints a new key once and appends its hash to the keys file.
+fn create_key(name: &str, file: &std::path::Path) -> Result<(), Error> {
+    use std::io::Write;
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') || name.len() > 128 {
+        return Err(Error::invalid(
+            "name",
+            "must be 1 to 128 characters without spaces or '#'",
+        ));
+    }
+    let (key, line) = ansible_runner_service::grpc::auth::new_key(name)?;
+    let mut keys = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_err(|e| Error::internal(format!("open {}", file.display()), e))?;
+    writeln!(keys, "{line}")
+        .map_err(|e| Error::internal(format!("write {}", file.display()), e))?;
+    println!("{key}");
+    eprintln!(
+        "key for client {name:?} added to {}; it is shown only now. Send it as `authorization: Bearer <key>`.",
+        file.display()
+    );
+    Ok(())
 }
 
 /// Exits successfully only when the server reports the JobService SERVING.

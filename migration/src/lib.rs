@@ -9,6 +9,8 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_create_jobs;
 mod m20261129_000002_index_runs;
 mod m20261129_000003_jobs_last_seq;
+mod m20261129_000004_access;
+mod m20261129_000005_exact_match;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -20,6 +22,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_create_jobs::Migration),
             Box::new(m20261129_000002_index_runs::Migration),
             Box::new(m20261129_000003_jobs_last_seq::Migration),
+            Box::new(m20261129_000004_access::Migration),
+            Box::new(m20261129_000005_exact_match::Migration),
         ]
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     PlaybookNotFound(String),
     #[error("{0}")]
     InvalidState(String),
+    /// A limit per caller or per request was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The history database (or another dependency the request needs) cannot
     /// be reached; nothing was written.
     #[error("{what} is unavailable")]

@@ -85,12 +85,16 @@ pub enum ErrorReason {
     TimedOut,
     /// The worker was shut down while the job ran.
     Shutdown,
+    /// The job's secret extra vars were lost (the live state was lost before
+    /// a worker took the job); it did not run without them.
+    SecretsLost,
     /// The playbook could not be started (executor missing, I/O error, ...).
     ExecutorError,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 6] = [
+    pub const ALL: [ErrorReason; 7] = [
+        ErrorReason::SecretsLost,
         ErrorReason::PlaybookFailed,
         ErrorReason::WorkerLost,
         ErrorReason::Canceled,
@@ -106,6 +110,7 @@ impl ErrorReason {
             ErrorReason::Canceled => "CANCELED",
             ErrorReason::TimedOut => "TIMED_OUT",
             ErrorReason::Shutdown => "SHUTDOWN",
+            ErrorReason::SecretsLost => "SECRETS_LOST",
             ErrorReason::ExecutorError => "EXECUTOR_ERROR",
         }
     }
@@ -115,9 +120,10 @@ impl ErrorReason {
         match self {
             ErrorReason::Canceled | ErrorReason::Shutdown => JobStatus::Canceled,
             ErrorReason::TimedOut => JobStatus::TimedOut,
-            ErrorReason::PlaybookFailed | ErrorReason::WorkerLost | ErrorReason::ExecutorError => {
-                JobStatus::Failed
-            }
+            ErrorReason::PlaybookFailed
+            | ErrorReason::WorkerLost
+            | ErrorReason::ExecutorError
+            | ErrorReason::SecretsLost => JobStatus::Failed,
         }
     }
 }
@@ -203,13 +209,26 @@ pub struct Job {
     pub error: Option<String>,
     pub error_reason: Option<ErrorReason>,
     pub attempt: u32,
+    /// The client (API key name) that submitted the job.
+    #[serde(default)]
+    pub submitted_by: Option<String>,
+    /// The job came with secret extra vars.
+    #[serde(default)]
+    pub has_secrets: bool,
 }
 
 impl Job {
     /// A new PENDING job; its id is a UUIDv7, so ids sort by creation time.
-    pub fn new(spec: JobSpec, request_id: Option<String>, now: DateTime<Utc>) -> Self {
+    pub fn new(
+        spec: JobSpec,
+        request_id: Option<String>,
+        submitted_by: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
         Job {
             id: Uuid::now_v7(),
+            submitted_by,
+            has_secrets: false,
             request_id,
             status: JobStatus::Pending,
             spec,

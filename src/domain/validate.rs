@@ -50,6 +50,15 @@ pub struct Submission {
     pub options: JobOptions,
     pub timeout_seconds: u32,
     pub request_id: String,
+    pub secret_extra_vars: Map<String, Value>,
+}
+
+/// A submission that passed every rule.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub spec: JobSpec,
+    pub request_id: Option<String>,
+    pub secrets: Map<String, Value>,
 }
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -60,7 +69,7 @@ const SHELL_META: &[char] = &[
 
 /// Checks a submission and returns the spec to store, or every violation.
 /// Whether the playbook exists in the catalogue is checked by the caller.
-pub fn submission(sub: Submission, limits: &Limits) -> Result<(JobSpec, Option<String>), Error> {
+pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> {
     let mut violations = Vec::new();
     let mut check = |field: &str, result: Result<(), String>| {
         if let Err(description) = result {
@@ -106,6 +115,10 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<(JobSpec, Option<S
             }),
     );
     check("extra_vars", extra_vars(&sub.extra_vars, limits));
+    check(
+        "secret_extra_vars",
+        extra_vars(&sub.secret_extra_vars, limits),
+    );
 
     let inventory = match sub.inventory {
         RawInventory::Unset => Some(Inventory::Localhost),
@@ -133,8 +146,8 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<(JobSpec, Option<S
                 sub.timeout_seconds
             };
             let request_id = (!sub.request_id.is_empty()).then_some(sub.request_id);
-            Ok((
-                JobSpec {
+            Ok(Validated {
+                spec: JobSpec {
                     playbook: sub.playbook,
                     extra_vars: sub.extra_vars,
                     inventory,
@@ -142,7 +155,8 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<(JobSpec, Option<S
                     timeout_seconds,
                 },
                 request_id,
-            ))
+                secrets: sub.secret_extra_vars,
+            })
         }
         _ => Err(Error::InvalidArgument(violations)),
     }

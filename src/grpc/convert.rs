@@ -140,6 +140,8 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
             .unwrap_or_default(),
         timeout_seconds: spec.timeout_seconds,
         attempt: job.attempt,
+        submitted_by: job.submitted_by.clone().unwrap_or_default(),
+        has_secret_extra_vars: job.has_secrets,
     }
 }
 
@@ -188,6 +190,10 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
         },
         timeout_seconds: req.timeout_seconds,
         request_id: req.request_id,
+        secret_extra_vars: req
+            .secret_extra_vars
+            .map(struct_to_json)
+            .unwrap_or_default(),
     }
 }
 

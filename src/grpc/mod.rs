@@ -1,6 +1,7 @@
 //! The gRPC face of the service: a thin JobService that validates requests,
 //! calls the domain and store, and converts to and from protobuf.
 
+pub mod auth;
 pub mod convert;
 mod page_token;
 mod service;

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::convert::{self, job_to_pb};
 use super::page_token::PageToken;
 use super::watch;
@@ -42,6 +43,14 @@ impl JobApi {
     }
 }
 
+fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller(None))
+}
+
 pub(crate) fn parse_job_id(id: &str) -> Result<Uuid, Error> {
     if id.is_empty() {
         return Err(Error::invalid("job_id", "is required"));
@@ -52,6 +61,36 @@ pub(crate) fn parse_job_id(id: &str) -> Result<Uuid, Error> {
 /// Current time at the precision the history keeps (microseconds).
 fn now() -> chrono::DateTime<chrono::Utc> {
     crate::domain::from_micros(chrono::Utc::now().timestamp_micros())
+}
+
+impl JobApi {
+    /// Hands a new job's secrets to the live state. If that fails, the job
+    /// (committed, but useless without them) is ended at once, and the caller
+    /// gets UNAVAILABLE: nothing runs without its secrets.
+    async fn keep_secrets(
+        &self,
+        job: &Job,
+        secrets: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Error> {
+        let kept = tokio::time::timeout(
+            LIVE_WRITE_WAIT,
+            self.state.live.put_secrets(job.id, secrets),
+        )
+        .await;
+        if matches!(kept, Ok(Ok(()))) {
+            return Ok(());
+        }
+        let now = crate::domain::to_micros(now());
+        if let Ok(crate::store::CancelOutcome::Canceled(ended)) =
+            self.state.store.cancel(job.id, now).await
+        {
+            crate::live::announce(&self.state.live, &ended).await;
+        }
+        Err(Error::Unavailable {
+            what: "the live state",
+            source: "secret extra vars could not be kept; the job was canceled".into(),
+        })
+    }
 }
 
 impl AppState {
@@ -91,14 +130,19 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = caller(&request);
         let submission = convert::submission(request.into_inner());
-        let (spec, request_id) = validate::submission(submission, &self.state.limits)?;
-        self.state.catalogue.resolve(&spec.playbook)?;
-        let job = Job::new(spec, request_id, now());
+        let valid = validate::submission(submission, &self.state.limits)?;
+        self.state.catalogue.resolve(&valid.spec.playbook)?;
+        let mut job = Job::new(valid.spec, valid.request_id, caller.0.clone(), now());
+        job.has_secrets = !valid.secrets.is_empty();
         let (job, created) = self.state.store.insert_job(&job).await?;
         if created {
-            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, "job submitted");
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.name(), "job submitted");
             crash_point("after_commit");
+            if job.has_secrets {
+                self.keep_secrets(&job, &valid.secrets).await?;
+            }
             // The job is committed: from here a failure of the live state only
             // delays it (the sweeper dispatches pending jobs it does not hold),
             // so a Redis outage costs a submit at most LIVE_WRITE_WAIT.
@@ -158,6 +202,7 @@ impl JobService for JobApi {
         let filter = ListFilter {
             status,
             playbook: (!req.playbook.is_empty()).then_some(req.playbook),
+            submitted_by: (!req.submitted_by.is_empty()).then_some(req.submitted_by),
         };
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -166,7 +211,7 @@ impl JobService for JobApi {
         let after = if req.page_token.is_empty() {
             None
         } else {
-            Some(PageToken::decode(&req.page_token, &filter)?.cursor)
+            Some(PageToken::decode(&req.page_token, &filter, &self.state.page_key)?.cursor)
         };
         let page = self
             .state
@@ -177,7 +222,7 @@ impl JobService for JobApi {
             jobs: page.jobs.iter().map(job_to_pb).collect(),
             next_page_token: page
                 .next
-                .map(|cursor| PageToken::new(cursor, &filter).encode())
+                .map(|cursor| PageToken::new(cursor, &filter).encode(&self.state.page_key))
                 .unwrap_or_default(),
             total_size: page.total as i64,
         }))
@@ -189,8 +234,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
         let id = parse_job_id(&req.job_id)?;
+        let slot = self.state.watch_slot(&caller)?;
         // Subscribe before the first read, so nothing falls between the two.
         let subscription = self.state.live.hub().subscribe(id);
         let job = self
@@ -200,14 +247,18 @@ impl JobService for JobApi {
             .await?
             .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(watch::produce(
+        let producer = watch::produce(
             self.state.clone(),
             job,
             req.after_sequence,
             subscription,
             tx,
             self.shutdown.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            producer.await;
+            drop(slot);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

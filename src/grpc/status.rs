@@ -44,6 +44,12 @@ impl From<Error> for Status {
                 "INVALID_STATE",
                 ErrorDetails::new(),
             ),
+            Error::ResourceExhausted(message) => with_reason(
+                Code::ResourceExhausted,
+                message,
+                "RESOURCE_EXHAUSTED",
+                ErrorDetails::new(),
+            ),
             Error::Unavailable { what, source } => {
                 tracing::warn!(error = %source, "{what} is unavailable");
                 let mut details = ErrorDetails::new();

@@ -36,7 +36,7 @@ pub async fn produce(
     let job_id = job.id;
     let stream = async {
         let mut last = after_sequence;
-        send(&tx, last, Kind::Snapshot(watched(&job))).await?;
+        send(&tx, &shutdown, last, Kind::Snapshot(watched(&job))).await?;
         let mut job = job;
         // Whether the fan-out told us of the terminal state (its publisher
         // updated the live state first).
@@ -45,7 +45,7 @@ pub async fn produce(
             // The status is read before the events: a terminal status is
             // committed after the run's last event, so the read below sees all.
             let terminal = job.status.is_terminal();
-            last = catch_up(&state, &tx, job_id, last).await?;
+            last = catch_up(&state, &tx, &shutdown, job_id, last).await?;
             if terminal {
                 if !announced {
                     // Learned from the history before the fan-out: make sure a
@@ -54,7 +54,7 @@ pub async fn produce(
                         tracing::debug!(job_id = %job_id, error = %e, "refreshing the live state");
                     }
                 }
-                send(&tx, last, Kind::StatusChange(watched(&job))).await?;
+                send(&tx, &shutdown, last, Kind::StatusChange(watched(&job))).await?;
                 return Ok(());
             }
             let recheck = tokio::time::sleep(RECHECK);
@@ -65,7 +65,7 @@ pub async fn produce(
                     received = subscription.recv() => match received {
                         Ok(LiveMessage::Event(event)) if event.seq == last + 1 => {
                             last = event.seq;
-                            send(&tx, last, Kind::Event(event_to_pb(&event))).await?;
+                            send(&tx, &shutdown, last, Kind::Event(event_to_pb(&event))).await?;
                         }
                         Ok(LiveMessage::Event(event)) if event.seq <= last => {}
                         Ok(LiveMessage::Changed { status }) if !status.is_terminal() => {}
@@ -124,19 +124,28 @@ enum Stop {
     Failed(Error),
 }
 
-async fn send(tx: &Tx, sequence: u64, kind: Kind) -> Result<(), Stop> {
-    tx.send(Ok(WatchJobResponse {
+async fn send(
+    tx: &Tx,
+    shutdown: &CancellationToken,
+    sequence: u64,
+    kind: Kind,
+) -> Result<(), Stop> {
+    let message = Ok(WatchJobResponse {
         sequence,
         kind: Some(kind),
-    }))
-    .await
-    .map_err(|_| Stop::ClientGone)
+    });
+    // A client that stops reading must not hold up a shutdown.
+    tokio::select! {
+        sent = tx.send(message) => sent.map_err(|_| Stop::ClientGone),
+        _ = shutdown.cancelled() => Err(Stop::Shutdown),
+    }
 }
 
 /// Sends every stored event after `last`; returns the new last sequence.
 async fn catch_up(
     state: &AppState,
     tx: &Tx,
+    shutdown: &CancellationToken,
     job_id: uuid::Uuid,
     mut last: u64,
 ) -> Result<u64, Stop> {
@@ -149,7 +158,7 @@ async fn catch_up(
         let done = (events.len() as u64) < CATCH_UP_BATCH;
         for event in &events {
             last = event.seq;
-            send(tx, last, Kind::Event(event_to_pb(event))).await?;
+            send(tx, shutdown, last, Kind::Event(event_to_pb(event))).await?;
         }
         if done {
             return Ok(last);

@@ -3,6 +3,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -10,11 +11,14 @@ use uuid::Uuid;
 use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, JOB_TTL};
 use crate::domain::Job;
 
+type Secrets = Map<String, Value>;
+
 /// The embedded default: live state for a single process, no server needed.
 #[derive(Default)]
 pub struct MemoryLive {
     jobs: Mutex<HashMap<Uuid, (LiveJob, Instant)>>,
     queue: Mutex<VecDeque<Uuid>>,
+    secrets: Mutex<HashMap<Uuid, (Secrets, Instant)>>,
     queued: Notify,
     hub: Hub,
 }
@@ -79,6 +83,26 @@ impl LiveState for MemoryLive {
 
     async fn queue_len(&self) -> Result<u64, LiveError> {
         Ok(Self::lock(&self.queue).len() as u64)
+    }
+
+    async fn put_secrets(
+        &self,
+        job_id: Uuid,
+        secrets: &Map<String, Value>,
+    ) -> Result<(), LiveError> {
+        let now = Instant::now();
+        let mut stored = Self::lock(&self.secrets);
+        stored.retain(|_, (_, expires)| *expires > now);
+        stored.insert(job_id, (secrets.clone(), now + JOB_TTL));
+        Ok(())
+    }
+
+    async fn take_secrets(&self, job_id: Uuid) -> Result<Option<Map<String, Value>>, LiveError> {
+        let now = Instant::now();
+        Ok(Self::lock(&self.secrets)
+            .remove(&job_id)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(secrets, _)| secrets))
     }
 
     async fn publish(&self, job_id: Uuid, message: &LiveMessage) -> Result<(), LiveError> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -95,6 +96,15 @@ pub trait LiveState: Send + Sync + 'static {
     async fn next_dispatched(&self, wait: Duration) -> Result<Option<Uuid>, LiveError>;
     /// How many dispatched jobs no worker has taken yet.
     async fn queue_len(&self) -> Result<u64, LiveError>;
+    /// Keeps a job's secret extra vars until a worker takes them (at most
+    /// `JOB_TTL`). They are never written to the history.
+    async fn put_secrets(
+        &self,
+        job_id: Uuid,
+        secrets: &Map<String, Value>,
+    ) -> Result<(), LiveError>;
+    /// Takes (and deletes) a job's secret extra vars.
+    async fn take_secrets(&self, job_id: Uuid) -> Result<Option<Map<String, Value>>, LiveError>;
     /// Sends a message to every watcher of the job, in every process.
     async fn publish(&self, job_id: Uuid, message: &LiveMessage) -> Result<(), LiveError>;
     /// Tells every worker that the job should stop.

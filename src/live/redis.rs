@@ -5,6 +5,7 @@
 //!   24 h after its last update;
 //! - `P:dispatch`: a list of pending job ids (LPUSH to dispatch, BRPOP to take);
 //! - channel `P:ev:<id>`: the job's fan-out (events and status changes);
+//! - `P:secret:<id>`: a job's secret extra vars, until a worker takes them;
 //! - channel `P:cancel`: cancel requests for running jobs.
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message;
+use serde_json::{Map, Value};
 use tokio::sync::{broadcast, Mutex};
 use uuid::Uuid;
 
@@ -216,6 +218,33 @@ impl LiveState for RedisLive {
             .llen::<u64, _>(self.queue_key())
             .await
             .map_err(live_error)
+    }
+
+    async fn put_secrets(
+        &self,
+        job_id: Uuid,
+        secrets: &Map<String, Value>,
+    ) -> Result<(), LiveError> {
+        let value = Value::Object(secrets.clone()).to_string();
+        self.commands
+            .set::<(), _, _>(
+                format!("{}:secret:{job_id}", self.prefix),
+                value,
+                Some(Expiration::EX(JOB_TTL.as_secs() as i64)),
+                None,
+                false,
+            )
+            .await
+            .map_err(live_error)
+    }
+
+    async fn take_secrets(&self, job_id: Uuid) -> Result<Option<Map<String, Value>>, LiveError> {
+        let value: Option<String> = self
+            .commands
+            .getdel(format!("{}:secret:{job_id}", self.prefix))
+            .await
+            .map_err(live_error)?;
+        Ok(value.and_then(|text| serde_json::from_str(&text).ok()))
     }
 
     async fn publish(&self, job_id: Uuid, message: &LiveMessage) -> Result<(), LiveError> {

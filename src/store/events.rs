@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::entities::job_events::{self, Column};
 use super::entities::jobs;
 use super::{db_error, Store};
-use crate::domain::{from_micros, to_micros, Error, JobEvent};
+use crate::domain::{from_micros, to_micros, Error, JobEvent, JobStatus};
 
 impl Store {
     /// Stores a batch of a run's events (numbered from the job's last stored
@@ -40,7 +40,18 @@ impl Store {
             txn.rollback()
                 .await
                 .map_err(|e| db_error("roll back event batch", e))?;
-            return Ok(false);
+            // A retry of a batch whose commit landed but whose answer was lost
+            // finds its own write: that is a success, not a lost lease.
+            let row = jobs::Entity::find_by_id(job_id.to_string())
+                .one(&self.db)
+                .await
+                .map_err(|e| db_error("check event batch", e))?;
+            return Ok(row.is_some_and(|row| {
+                row.status == JobStatus::Running.as_str()
+                    && row.attempt == attempt as i32
+                    && row.worker_id.as_deref() == Some(worker_id)
+                    && row.last_seq >= last.seq as i64
+            }));
         }
         let rows = events.iter().map(|e| job_events::ActiveModel {
             job_id: Set(e.job_id.to_string()),

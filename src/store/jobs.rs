@@ -25,6 +25,7 @@ pub struct Cursor {
 pub struct ListFilter {
     pub status: Option<JobStatus>,
     pub playbook: Option<String>,
+    pub submitted_by: Option<String>,
 }
 
 pub struct ListPage {
@@ -153,6 +154,9 @@ impl Store {
         if let Some(playbook) = &filter.playbook {
             base = base.filter(Column::Playbook.eq(playbook.as_str()));
         }
+        if let Some(client) = &filter.submitted_by {
+            base = base.filter(Column::SubmittedBy.eq(client.as_str()));
+        }
         let total = base
             .clone()
             .count(&self.db)
@@ -220,7 +224,19 @@ impl Store {
         if claimed.rows_affected != 1 {
             return Ok(None);
         }
-        self.get_job(id).await
+        // The claim is ours now: a failed read must not drop the job.
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self.get_job(id).await {
+                Ok(job) => return Ok(job),
+                Err(e) if backoff < std::time::Duration::from_secs(5) => {
+                    tracing::warn!(job_id = %id, error = %e, "reading a claimed job; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(super) fn fenced(id: Uuid, attempt: u32, worker_id: &str) -> Condition {
@@ -323,7 +339,21 @@ impl Store {
             txn.rollback()
                 .await
                 .map_err(|e| db_error("roll back finish", e))?;
-            return Ok(None);
+            // A retry after a commit whose answer was lost finds its own
+            // outcome already there.
+            let Some(job) = self.get_job(id).await? else {
+                return Ok(None);
+            };
+            let ours = jobs::Entity::find_by_id(id.to_string())
+                .one(&self.db)
+                .await
+                .map_err(|e| db_error("check finish", e))?
+                .is_some_and(|row| {
+                    row.worker_id.as_deref() == Some(worker_id) && row.attempt == attempt as i32
+                });
+            return Ok(
+                (ours && job.status == outcome.status && job.finished_at.is_some()).then_some(job),
+            );
         }
         let stdout = outcome
             .result
@@ -580,6 +610,8 @@ fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         run_host: Set(None),
         run_pgid: Set(None),
         last_seq: Set(0),
+        submitted_by: Set(job.submitted_by.clone()),
+        has_secrets: Set(job.has_secrets),
     })
 }
 
@@ -622,6 +654,8 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
             None => None,
         },
         attempt: row.attempt.max(0) as u32,
+        submitted_by: row.submitted_by.clone(),
+        has_secrets: row.has_secrets,
     })
 }
 

@@ -66,6 +66,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A secret of the service's own (32 random bytes), made on first use and
+    /// shared by every process through the history.
+    pub async fn service_secret(&self, name: &str) -> Result<Vec<u8>, Error> {
+        use entities::service_secrets;
+        use sea_orm::{ActiveValue::Set, EntityTrait};
+        let read = || async {
+            service_secrets::Entity::find_by_id(name.to_owned())
+                .one(&self.db)
+                .await
+                .map_err(|e| db_error("read service secret", e))
+        };
+        if read().await?.is_none() {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| Error::internal("generate a secret", e.to_string()))?;
+            let row = service_secrets::ActiveModel {
+                name: Set(name.to_owned()),
+                value: Set(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+            };
+            // Another process may have made it first; theirs wins.
+            let _ = service_secrets::Entity::insert(row)
+                .exec_without_returning(&self.db)
+                .await;
+        }
+        let row = read()
+            .await?
+            .ok_or_else(|| Error::internal("read service secret", format!("{name} is missing")))?;
+        Ok(row.value.into_bytes())
+    }
+}
+
 /// For `sqlite:` URLs, makes sure the folder exists and the file is created.
 fn prepare_sqlite(url: &str) -> Result<String, Error> {
     let Some(rest) = url
@@ -97,14 +129,27 @@ pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
     let unavailable = match &e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
-            matches!(
-                inner,
+            match inner {
                 Sqlx::Io(_)
-                    | Sqlx::PoolTimedOut
-                    | Sqlx::PoolClosed
-                    | Sqlx::WorkerCrashed
-                    | Sqlx::Tls(_)
-            )
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Tls(_) => true,
+                // Transient conditions the server reports as errors: worth a retry.
+                Sqlx::Database(db) => {
+                    let message = db.message();
+                    [
+                        "database is locked",
+                        "Deadlock found",
+                        "Lock wait timeout",
+                        "server has gone away",
+                        "Lost connection",
+                    ]
+                    .iter()
+                    .any(|transient| message.contains(transient))
+                }
+                _ => false,
+            }
         }
         _ => false,
     };

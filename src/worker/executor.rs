@@ -89,6 +89,8 @@ pub struct Executor {
 }
 
 pub const DEFAULT_STDOUT_CAP: usize = 16 << 20;
+/// How long the output pipes may stay open after ansible-playbook exits.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl Executor {
     /// Runs `playbook` (already resolved inside the catalogue) for `spec`.
@@ -208,15 +210,38 @@ impl Executor {
                 -1
             }
         };
-        let stats = match tokio::time::timeout(Duration::from_secs(10), reader).await {
-            Ok(Ok(stats)) => stats,
-            _ => BTreeMap::new(),
-        };
-        let (stdout, stdout_truncated) =
-            match tokio::time::timeout(Duration::from_secs(10), output).await {
-                Ok(Ok(out)) => out,
-                _ => (String::new(), false),
-            };
+        // The pipes close when every process holding them is gone. Processes
+        // that outlive ansible-playbook (it was killed by a signal, or left
+        // Ansible workers behind in their own sessions) would keep them open:
+        // after a short wait they are killed, so the run always ends.
+        let mut reader = reader;
+        let mut output = output;
+        let mut stats = None;
+        let mut captured = None;
+        let mut deadline = tokio::time::Instant::now() + LEFTOVER_WAIT;
+        let mut killed = false;
+        while stats.is_none() || captured.is_none() {
+            tokio::select! {
+                done = &mut reader, if stats.is_none() => stats = Some(done.unwrap_or_default()),
+                done = &mut output, if captured.is_none() => captured = Some(done.unwrap_or_default()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if killed {
+                        reader.abort();
+                        output.abort();
+                        break;
+                    }
+                    let job = job_id.to_string();
+                    let count = tokio::task::spawn_blocking(move || super::kill_job_processes(&job))
+                        .await
+                        .unwrap_or(0);
+                    tracing::warn!(job_id = %job_id, killed = count, "processes outlived ansible-playbook; killed them");
+                    killed = true;
+                    deadline = tokio::time::Instant::now() + LEFTOVER_WAIT;
+                }
+            }
+        }
+        let stats = stats.unwrap_or_default();
+        let (stdout, stdout_truncated) = captured.unwrap_or_default();
         drop(dir);
         Ok(RunOutput {
             rc,

@@ -4,6 +4,7 @@
 //! jobs the live state lost.
 
 mod executor;
+mod mask;
 mod orphans;
 mod processes;
 mod run;
@@ -24,6 +25,7 @@ use crate::store::Store;
 pub use executor::{
     signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason, DEFAULT_STDOUT_CAP,
 };
+pub use mask::Masker;
 pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
 

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::executor::{RawEvent, RunOutput, StopReason};
-use super::{ExecError, Worker};
+use super::{ExecError, Masker, Worker};
 use crate::domain::{Error, ErrorReason, Job, JobEvent, JobStatus, Outcome};
 use crate::live::LiveMessage;
+use serde_json::{Map, Value};
 
 /// Events stored per round trip to the history at most.
 const EVENT_BATCH: usize = 200;
@@ -31,25 +32,42 @@ impl Worker {
 
         let (stop_tx, stop_rx) = watch::channel(None);
         let lost = CancellationToken::new();
-        let guard = tokio::spawn(
-            self.clone()
-                .guard(job.clone(), stop_tx, hard_stop, lost.clone()),
-        );
+        let guard = AbortOnDrop(tokio::spawn(self.clone().guard(
+            job.clone(),
+            stop_tx,
+            hard_stop,
+            lost.clone(),
+        )));
+
+        let secrets = match self.secrets_of(&job).await {
+            Ok(secrets) => secrets,
+            Err(outcome) => {
+                self.finish(&job, &outcome, &lost).await;
+                drop(guard);
+                return;
+            }
+        };
+        let masker = Arc::new(Masker::new(&secrets));
+        let mut spec = job.spec.clone();
+        spec.extra_vars.extend(secrets);
 
         let output = match self.catalogue.resolve(&job.spec.playbook) {
             Ok(playbook) => {
-                let (events_tx, events_rx) = mpsc::channel(1024);
+                // Bounded in events (each at most 4 MiB): a slow database slows
+                // the playbook rather than filling the worker's memory.
+                let (events_tx, events_rx) = mpsc::channel(64);
                 let recorder = tokio::spawn(self.clone().record_events(
                     job.id,
                     job.attempt,
                     events_rx,
                     lost.clone(),
+                    masker.clone(),
                 ));
                 let pgid_worker = self.clone();
                 let (id, attempt) = (job.id, job.attempt);
                 let output = self
                     .executor
-                    .run(job.id, &playbook, &job.spec, events_tx, stop_rx, move |pgid| {
+                    .run(job.id, &playbook, &spec, events_tx, stop_rx, move |pgid| {
                         tokio::spawn(async move {
                             if let Err(e) = pgid_worker.store.record_pgid(id, attempt, &pgid_worker.id, pgid).await {
                                 tracing::warn!(job_id = %id, error = %e, "recording the process group");
@@ -61,7 +79,14 @@ impl Worker {
                 if let Err(e) = recorder.await {
                     tracing::error!(job_id = %job.id, error = %e, "event recorder panicked");
                 }
-                output.map_err(|e| e.to_string())
+                output
+                    .map(|mut out| {
+                        if !masker.is_empty() {
+                            out.stdout = masker.text(&out.stdout);
+                        }
+                        out
+                    })
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("playbook {}: {e}", job.spec.playbook)),
         };
@@ -88,7 +113,31 @@ impl Worker {
         } else {
             tracing::warn!(job_id = %job.id, "lease lost; the run was stopped and nothing is recorded");
         }
-        guard.abort();
+        drop(guard);
+    }
+
+    /// The job's secret extra vars, taken from the live state; when they are
+    /// gone the job must not run (the outcome says why).
+    async fn secrets_of(&self, job: &Job) -> Result<Map<String, Value>, Outcome> {
+        if !job.has_secrets {
+            return Ok(Map::new());
+        }
+        for _ in 0..10 {
+            match self.live.take_secrets(job.id).await {
+                Ok(Some(secrets)) => return Ok(secrets),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "taking the secret extra vars; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Err(Outcome {
+            status: JobStatus::Failed,
+            result: None,
+            error: Some("the job's secret extra vars were lost before it ran (the live state lost them); submit it again".into()),
+            error_reason: Some(ErrorReason::SecretsLost),
+        })
     }
 
     /// Commits the outcome, fenced by the claim; retries while the database
@@ -155,7 +204,17 @@ impl Worker {
             tokio::select! {
                 _ = renew.tick() => {
                     let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-                    match self.store.renew_lease(job.id, job.attempt, &self.id, until.timestamp_micros()).await {
+                    // A hung connection must not hold the guard past the lease.
+                    let renewal = tokio::time::timeout(
+                        lease / 3,
+                        self.store.renew_lease(job.id, job.attempt, &self.id, until.timestamp_micros()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(Error::Unavailable {
+                        what: "the history database",
+                        source: "lease renewal timed out".into(),
+                    }));
+                    match renewal {
                         Ok(Some(cancel)) => {
                             lease_until = Instant::now() + lease;
                             if cancel {
@@ -204,6 +263,7 @@ impl Worker {
         attempt: u32,
         mut events: mpsc::Receiver<RawEvent>,
         lost: CancellationToken,
+        masker: Arc<Masker>,
     ) -> u64 {
         let mut seq = 0u64;
         let mut open = true;
@@ -229,8 +289,12 @@ impl Worker {
             }
             let batch: Vec<JobEvent> = batch
                 .into_iter()
-                .map(|raw| {
+                .map(|mut raw| {
                     seq += 1;
+                    if !masker.is_empty() {
+                        raw.stdout = masker.text(&raw.stdout);
+                        masker.map(&mut raw.event_data);
+                    }
                     JobEvent {
                         job_id,
                         seq,
@@ -244,7 +308,9 @@ impl Worker {
                     }
                 })
                 .collect();
+            let mut batch = batch;
             let mut backoff = Duration::from_millis(50);
+            let mut slimmed = false;
             loop {
                 match self.store.insert_events(attempt, &self.id, &batch).await {
                     Ok(true) => break,
@@ -253,12 +319,24 @@ impl Worker {
                         lost.cancel();
                         return seq;
                     }
-                    Err(e) if !lost.is_cancelled() => {
+                    Err(e @ Error::Unavailable { .. }) if !lost.is_cancelled() => {
                         tracing::warn!(job_id = %job_id, error = %e, "storing events; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
-                    Err(_) => return seq,
+                    // The database refuses these events as they are (too large,
+                    // characters it cannot store): keep their place in the
+                    // sequence with their essentials only.
+                    Err(e) if !slimmed => {
+                        tracing::error!(job_id = %job_id, error = %e, "storing events; storing them slimmed");
+                        slimmed = true;
+                        batch.iter_mut().for_each(slim);
+                    }
+                    Err(e) => {
+                        tracing::error!(job_id = %job_id, error = %e, "storing events failed; giving up the run");
+                        lost.cancel();
+                        return seq;
+                    }
                 }
             }
             for event in batch {
@@ -268,6 +346,30 @@ impl Worker {
             }
         }
         seq
+    }
+}
+
+/// An event reduced to what any database stores: names and a short stdout.
+fn slim(event: &mut JobEvent) {
+    let ascii =
+        |s: &str, max: usize| -> String { s.chars().filter(|c| c.is_ascii()).take(max).collect() };
+    event.stdout = ascii(&event.stdout, 64 << 10);
+    event.task = ascii(&event.task, 1024);
+    event.play = ascii(&event.play, 1024);
+    event.host = ascii(&event.host, 255);
+    event.event_data = Map::new();
+    event.event_data.insert(
+        "slimmed".into(),
+        Value::String("the event was too large or not storable as emitted".into()),
+    );
+}
+
+/// Aborts a spawned task when dropped (also when the owner panics).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -34,6 +34,10 @@ pub struct Model {
     pub run_pgid: Option<i32>,
     /// Sequence of the last stored event.
     pub last_seq: i64,
+    /// The API key's client name, when keys are configured.
+    pub submitted_by: Option<String>,
+    /// Secret extra vars were given (kept in the live state only).
+    pub has_secrets: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,3 +3,4 @@
 pub mod job_events;
 pub mod job_output;
 pub mod jobs;
+pub mod service_secrets;
