@@ -51,6 +51,24 @@ fn caller<T>(request: &Request<T>) -> Caller {
         .unwrap_or(Caller(None))
 }
 
+/// When the caller's `grpc-timeout` runs out. tonic enforces it for unary
+/// calls; a stream checks it itself.
+fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::time::Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(tokio::time::Instant::now() + timeout)
+}
+
 pub(crate) fn parse_job_id(id: &str) -> Result<Uuid, Error> {
     if id.is_empty() {
         return Err(Error::invalid("job_id", "is required"));
@@ -235,6 +253,7 @@ impl JobService for JobApi {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let caller = caller(&request);
+        let deadline = grpc_deadline(request.metadata());
         let req = request.into_inner();
         let id = parse_job_id(&req.job_id)?;
         let slot = self.state.watch_slot(&caller)?;
@@ -254,6 +273,7 @@ impl JobService for JobApi {
             subscription,
             tx,
             self.shutdown.clone(),
+            deadline,
         );
         tokio::spawn(async move {
             producer.await;

@@ -32,6 +32,7 @@ pub async fn produce(
     mut subscription: broadcast::Receiver<LiveMessage>,
     tx: Tx,
     shutdown: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 ) {
     let job_id = job.id;
     let stream = async {
@@ -93,8 +94,19 @@ pub async fn produce(
                 .ok_or_else(|| Stop::Failed(Error::JobNotFound(job_id.to_string())))?;
         }
     };
-    match stream.await {
+    let outcome = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, stream)
+            .await
+            .unwrap_or(Err(Stop::DeadlineExceeded)),
+        None => stream.await,
+    };
+    match outcome {
         Ok(()) | Err(Stop::ClientGone) => {}
+        Err(Stop::DeadlineExceeded) => {
+            let _ = tx.try_send(Err(Status::deadline_exceeded(
+                "the call's deadline passed; resume with after_sequence",
+            )));
+        }
         Err(Stop::Shutdown) => {
             let _ = tx
                 .send(Err(Status::unavailable(
@@ -120,6 +132,7 @@ fn watched(job: &Job) -> crate::pb::Job {
 
 enum Stop {
     ClientGone,
+    DeadlineExceeded,
     Shutdown,
     Failed(Error),
 }

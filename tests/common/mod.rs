@@ -138,6 +138,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(settings: &Settings) -> TestServer {
+        let mut server = Self::start_tls(settings).await;
+        server.client = connect(server.addr).await;
+        server
+    }
+
+    /// The server as `settings` say (TLS included); its `client` is a lazy
+    /// plaintext one, so a TLS test makes its own.
+    pub async fn start_tls(settings: &Settings) -> TestServer {
         let state = AppState::connect(settings).await.expect("connect state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -150,10 +158,12 @@ impl TestServer {
             let shutdown = shutdown.clone();
             async move { app::serve(listener, state, &settings, shutdown).await }
         });
-        let client = connect(addr).await;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("address")
+            .connect_lazy();
         TestServer {
             addr,
-            client,
+            client: JobServiceClient::new(channel),
             state,
             shutdown,
             handle,

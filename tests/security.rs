@@ -1,0 +1,455 @@
+//! Access control and limits: API keys, TLS and mutual TLS, request size,
+//! watch streams per client, deadlines, secret extra vars, and rejected
+//! requests that leave nothing behind.
+
+mod common;
+
+use std::time::Duration;
+
+use ansible_runner_service::grpc::auth::new_key;
+use ansible_runner_service::pb::job_service_client::JobServiceClient;
+use ansible_runner_service::pb::{self, ListJobsRequest, WatchJobRequest};
+use common::*;
+use fred::prelude::*;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request};
+
+fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
+    );
+    request
+}
+
+async fn keys_are_required_and_name_the_submitter(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let (deploy_key, deploy_line) = new_key("deploy-bot").unwrap();
+    let (ci_key, ci_line) = new_key("ci").unwrap();
+    let keys_file = dir.path().join("keys");
+    std::fs::write(&keys_file, format!("{deploy_line}\n{ci_line}\n")).unwrap();
+    history.settings.api_keys_file = Some(keys_file);
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+
+    let missing = client.submit_job(request("hello.yml")).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    let wrong = client
+        .submit_job(with_key(request("hello.yml"), "ars_not-a-key"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let listed = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        listed.code(),
+        Code::Unauthenticated,
+        "every JobService call needs a key"
+    );
+
+    let by_deploy = client
+        .submit_job(with_key(request("hello.yml"), &deploy_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(by_deploy.submitted_by, "deploy-bot");
+    client
+        .submit_job(with_key(request("hello.yml"), &ci_key))
+        .await
+        .unwrap();
+    let mine = client
+        .list_jobs(with_key(
+            ListJobsRequest {
+                submitted_by: "deploy-bot".into(),
+                ..Default::default()
+            },
+            &ci_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.total_size, 1);
+    assert_eq!(mine.jobs[0].job_id, by_deploy.job_id);
+
+    // Health and reflection stay open.
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_create_prints_a_working_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
+        .args(["keys", "create", "--name", "ops"])
+        .arg("--file")
+        .arg(&keys_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let stored = std::fs::read_to_string(&keys_file).unwrap();
+    assert!(stored.starts_with("ops "), "{stored}");
+    assert!(
+        !stored.contains(&key),
+        "the file holds the hash, not the key"
+    );
+
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    history.settings.api_keys_file = Some(keys_file);
+    let server = TestServer::start(&history.settings).await;
+    let job = server
+        .client
+        .clone()
+        .submit_job(with_key(request("hello.yml"), &key))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.submitted_by, "ops");
+    server.stop().await;
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["client".into()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    Pki {
+        ca: ca.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    history.settings.tls = Some(ansible_runner_service::app::TlsSettings {
+        cert: file("server.pem", &pki.server_cert),
+        key: file("server.key", &pki.server_key),
+        client_ca: Some(file("ca.pem", &pki.ca)),
+    });
+    let server = TestServer::start_tls(&history.settings).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+
+    let trusted = Channel::from_shared(url.clone())
+        .unwrap()
+        .tls_config(
+            tls.clone()
+                .identity(Identity::from_pem(&pki.client_cert, &pki.client_key)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("a client with a certificate of the CA connects");
+    let playbooks = JobServiceClient::new(trusted)
+        .list_playbooks(pb::ListPlaybooksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .playbooks;
+    assert!(!playbooks.is_empty());
+
+    let anonymous = async {
+        let channel = Channel::from_shared(url.clone())
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect()
+            .await?;
+        JobServiceClient::new(channel)
+            .list_playbooks(pb::ListPlaybooksRequest {})
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        anonymous.await.is_err(),
+        "no client certificate: the handshake fails"
+    );
+
+    let plaintext = async {
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await?;
+        JobServiceClient::new(channel)
+            .list_playbooks(pb::ListPlaybooksRequest {})
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(plaintext.await.is_err(), "plaintext is refused");
+    server.stop().await;
+}
+
+async fn oversized_requests_are_resource_exhausted(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone().max_encoding_message_size(8 << 20);
+    let mut req = request("hello.yml");
+    req.extra_vars = vars(json!({"blob": "x".repeat(1_100_000)}));
+    let err = client.submit_job(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let total = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .total_size;
+    assert_eq!(total, 0);
+    server.stop().await;
+}
+
+async fn watch_streams_are_capped_per_client_and_deadlines_end_them(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    history.settings.max_watches_per_client = 2;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    let watch = |timeout: Option<Duration>| {
+        let mut client = client.clone();
+        let id = job.job_id.clone();
+        async move {
+            let mut req = Request::new(WatchJobRequest {
+                job_id: id,
+                after_sequence: 0,
+            });
+            if let Some(timeout) = timeout {
+                req.set_timeout(timeout);
+            }
+            client.watch_job(req).await
+        }
+    };
+    let first = watch(None).await.unwrap().into_inner();
+    let mut second = watch(Some(Duration::from_millis(500)))
+        .await
+        .unwrap()
+        .into_inner();
+    let third = watch(None).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&third), "RESOURCE_EXHAUSTED");
+
+    // The second stream's deadline passes: it ends, and its place is free.
+    let ended = loop {
+        match second.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(ended.unwrap_err().code(), Code::DeadlineExceeded);
+    let again = eventually(Duration::from_secs(10), "a free watch slot", || {
+        let watch = watch(None);
+        async move { watch.await.ok() }
+    })
+    .await;
+    drop((first, again));
+    server.stop().await;
+}
+
+async fn secret_extra_vars_are_used_but_never_kept(backend: Backend) {
+    let history = History::new(backend).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let secret = "s3cr3t-value-42";
+    let mut req = request("hello.yml");
+    req.secret_extra_vars = vars(json!({"who": secret}));
+    let job = submit(&mut client, req).await;
+    assert!(job.has_secret_extra_vars);
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    let stdout = &done.result.as_ref().unwrap().stdout;
+    assert!(
+        stdout.contains("Hello, ********!"),
+        "the playbook got it, the record masks it: {stdout}"
+    );
+    let events = events(&watch_all(&mut client, &job.job_id, 0).await);
+    assert!(
+        !format!("{done:?}{events:?}").contains(secret),
+        "never returned"
+    );
+
+    // Nowhere in the history.
+    use sea_orm::{ConnectionTrait, Statement};
+    let store = history.store().await;
+    let db = store.connection();
+    for table in ["jobs", "job_events", "job_output"] {
+        let rows = db
+            .query_all(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT * FROM {table}"),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            !format!("{rows:?}").contains(secret),
+            "{table} holds the secret"
+        );
+    }
+    // And no longer in the live state.
+    if let Some(url) = &history.settings.redis_url {
+        let redis = Builder::from_config(Config::from_url(url).unwrap())
+            .build()
+            .unwrap();
+        redis.init().await.unwrap();
+        let keys: Vec<String> = redis
+            .custom(
+                fred::cmd!("KEYS"),
+                vec![format!("{}:secret:*", history.settings.redis_prefix)],
+            )
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_secrets_were_lost_does_not_run() {
+    let mut history = History::new(Backend::Shared).await;
+    history.settings.workers = 0;
+    let api = TestServer::start(&history.settings).await;
+    let mut client = api.client.clone();
+    let mut req = request("hello.yml");
+    req.secret_extra_vars = vars(json!({"token": "abcdef"}));
+    let job = submit(&mut client, req).await;
+
+    let redis = Builder::from_config(
+        Config::from_url(history.settings.redis_url.as_deref().unwrap()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    redis.init().await.unwrap();
+    let deleted: i64 = redis
+        .del(format!(
+            "{}:secret:{}",
+            history.settings.redis_prefix, job.job_id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+
+    let mut worker_settings = history.settings.clone();
+    worker_settings.workers = 1;
+    let worker = TestServer::start(&worker_settings).await;
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Failed);
+    assert_eq!(done.error_reason, "SECRETS_LOST");
+    assert!(
+        events(&watch_all(&mut client, &job.job_id, 0).await).is_empty(),
+        "nothing ran"
+    );
+    worker.stop().await;
+    api.stop().await;
+}
+
+async fn rejected_requests_leave_nothing_behind(backend: Backend) {
+    let history = History::new(backend).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let mut bad = request("../etc/passwd.yml");
+    bad.secret_extra_vars = vars(json!({"token": "abcdef"}));
+    let rejected = [bad, request("missing.yml"), {
+        let mut r = request("hello.yml");
+        r.extra_vars = vars(json!({"ansible_become_password": "x"}));
+        r
+    }];
+    for req in rejected {
+        assert!(client.submit_job(req).await.is_err());
+    }
+    let total = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .total_size;
+    assert_eq!(total, 0, "nothing in the history");
+    assert_eq!(
+        server.state.live.queue_len().await.unwrap(),
+        0,
+        "nothing dispatched"
+    );
+    if let Some(url) = &history.settings.redis_url {
+        let redis = Builder::from_config(Config::from_url(url).unwrap())
+            .build()
+            .unwrap();
+        redis.init().await.unwrap();
+        let keys: Vec<String> = redis
+            .custom(
+                fred::cmd!("KEYS"),
+                vec![format!("{}:*", history.settings.redis_prefix)],
+            )
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "nothing in Redis: {keys:?}");
+    }
+    // Nothing was committed or dispatched, so no worker could start anything.
+    server.stop().await;
+}
+
+on_both_backends!(
+    keys_are_required_and_name_the_submitter,
+    oversized_requests_are_resource_exhausted,
+    watch_streams_are_capped_per_client_and_deadlines_end_them,
+    secret_extra_vars_are_used_but_never_kept,
+    rejected_requests_leave_nothing_behind,
+);
