@@ -17,7 +17,7 @@ use crate::domain::Error;
 use crate::grpc::JobApi;
 use crate::live::{self, LiveState};
 use crate::pb::job_service_server::JobServiceServer;
-use crate::store::Store;
+use crate::store::{PruneReport, Store};
 use crate::worker::{Executor, Sweeper, Worker, WorkerTiming, DEFAULT_STDOUT_CAP};
 
 /// Everything the service needs to run, whatever set it (flags or a test).
@@ -44,6 +44,10 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// Open WatchJob streams per client at most.
     pub max_watches_per_client: usize,
+    /// Prune finished jobs older than this, every hour.
+    pub prune_older_than: Option<Duration>,
+    /// Where to serve Prometheus metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// PEM files for TLS; with a client CA, clients need a certificate it signed.
@@ -77,6 +81,8 @@ impl Settings {
             tls: None,
             max_request_bytes: 1 << 20,
             max_watches_per_client: 100,
+            prune_older_than: None,
+            metrics_listen: None,
         }
     }
 }
@@ -197,6 +203,57 @@ pub fn find_ansible_playbook(program: &std::path::Path) -> Result<PathBuf, Error
         .ok_or_else(missing)
 }
 
+/// Deletes finished jobs created more than `age` ago (of one status if
+/// given) in small batches, and forgets them in the live state.
+pub async fn prune(
+    store: &Store,
+    live: Option<&dyn LiveState>,
+    age: Duration,
+    status: Option<crate::domain::JobStatus>,
+    dry_run: bool,
+) -> Result<PruneReport, Error> {
+    let before = chrono::Utc::now().timestamp_micros() - age.as_micros() as i64;
+    let mut report = PruneReport::default();
+    let mut after = String::new();
+    loop {
+        let (ids, events) = store.prune_batch(before, status, dry_run, &after).await?;
+        let Some(last) = ids.last().cloned() else {
+            return Ok(report);
+        };
+        report.jobs += ids.len() as u64;
+        report.events += events;
+        if let (Some(live), false) = (live, dry_run) {
+            for id in ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()) {
+                if let Err(e) = live.forget_job(id).await {
+                    tracing::warn!(job_id = %id, error = %e, "forgetting a pruned job");
+                }
+            }
+        }
+        after = last;
+    }
+}
+
+/// Deletes finished jobs older than `age` every hour.
+async fn prune_periodically(state: Arc<AppState>, age: Duration, shutdown: CancellationToken) {
+    loop {
+        match prune(&state.store, Some(state.live.as_ref()), age, None, false).await {
+            Ok(report) if report.jobs > 0 => {
+                tracing::info!(
+                    jobs = report.jobs,
+                    events = report.events,
+                    "pruned old jobs"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old jobs"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Runs workers and the sweeper until `shutdown`, then drains.
 pub async fn run_workers(
     state: Arc<AppState>,
@@ -210,6 +267,9 @@ pub async fn run_workers(
         redispatch_after: settings.redispatch_after,
     };
     let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
+    if let Some(age) = settings.prune_older_than {
+        tokio::spawn(prune_periodically(state.clone(), age, shutdown.clone()));
+    }
     if settings.workers > 0 {
         let executor = Executor {
             ansible_playbook: find_ansible_playbook(&settings.ansible_playbook)?,
@@ -262,6 +322,12 @@ pub async fn serve(
     if settings.workers > 0 {
         find_ansible_playbook(&settings.ansible_playbook)?;
     }
+    if let Some(addr) = settings.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::internal(format!("listen on {addr} for metrics"), e))?;
+        tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
+    }
     let workers = tokio::spawn({
         let state = state.clone();
         let shutdown = shutdown.clone();
@@ -307,6 +373,7 @@ pub async fn serve(
             .map_err(|e| Error::internal("configure TLS", e))?;
     }
     let served = server
+        .layer(crate::metrics::RpcLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
         ))

@@ -40,9 +40,49 @@ pub enum Command {
     Migrate(StoreArgs),
     /// Ask a server's grpc.health.v1 whether the JobService is SERVING (exit 0) or not (exit 1).
     Health(HealthArgs),
+    /// Delete finished jobs (and their events and output) older than a cut-off.
+    Prune(PruneArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Age of the jobs to delete, e.g. 30d, 12h, 90m, 0s.
+    #[arg(long, value_parser = parse_age)]
+    pub older_than: Duration,
+    /// Only jobs in this terminal status (SUCCESSFUL, FAILED, CANCELED, TIMED_OUT).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Redis of the deployment, so pruned jobs leave the live state too.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_PREFIX", default_value = "ars")]
+    pub redis_prefix: String,
+}
+
+/// "30d", "12h", "90m", "45s" as a duration.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.len().checked_sub(1).ok_or("empty duration")?;
+    let (amount, unit) = text.split_at(split);
+    let amount: u64 = amount
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (d, h, m or s), e.g. 30d"))?;
+    let seconds = match unit {
+        "d" => amount.saturating_mul(86_400),
+        "h" => amount.saturating_mul(3_600),
+        "m" => amount.saturating_mul(60),
+        "s" => amount,
+        _ => return Err(format!("{text:?}: the unit must be d, h, m or s")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +139,12 @@ pub struct ServeArgs {
     /// Open WatchJob streams per client at most.
     #[arg(long, env = "MAX_WATCHES_PER_CLIENT", default_value_t = 100)]
     pub max_watches_per_client: usize,
+    /// Prune finished jobs older than this (e.g. 30d) every hour; unset: keep everything.
+    #[arg(long, env = "PRUNE_OLDER_THAN", value_parser = parse_age)]
+    pub prune_older_than: Option<Duration>,
+    /// Address of the Prometheus metrics endpoint (GET /metrics); unset: none.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -191,6 +237,8 @@ impl RunArgs {
             tls: None,
             max_request_bytes: 1 << 20,
             max_watches_per_client: 100,
+            prune_older_than: None,
+            metrics_listen: None,
         }
     }
 }
@@ -209,6 +257,8 @@ impl ServeArgs {
             },
             max_request_bytes: self.max_request_bytes,
             max_watches_per_client: self.max_watches_per_client,
+            prune_older_than: self.prune_older_than,
+            metrics_listen: self.metrics_listen,
             ..self.run.settings()
         }
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod live;
+pub mod metrics;
 pub mod pb;
 pub mod store;
 pub mod worker;

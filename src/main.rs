@@ -33,6 +33,7 @@ async fn run(command: Command) -> Result<(), Error> {
         }
         Command::Health(args) => health(&args.addr).await,
         Command::Keys(KeysCommand::Create { name, file }) => create_key(&name, &file),
+        Command::Prune(args) => prune(args).await,
         Command::Serve(args) => {
             let settings = args.settings();
             let state = AppState::connect(&settings).await?;
@@ -49,6 +50,50 @@ async fn run(command: Command) -> Result<(), Error> {
             result
         }
     }
+}
+
+/// Deletes old finished jobs and prints what it removed.
+async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Error> {
+    let status = match &args.status {
+        Some(s) => {
+            let status: ansible_runner_service::domain::JobStatus = s
+                .to_uppercase()
+                .parse()
+                .map_err(|e: String| Error::invalid("status", e))?;
+            if !status.is_terminal() {
+                return Err(Error::invalid("status", "only finished jobs are pruned"));
+            }
+            Some(status)
+        }
+        None => None,
+    };
+    let store = Store::connect(&args.store.database_url).await?;
+    store.migrate().await?;
+    let live = match &args.redis_url {
+        Some(url) => {
+            Some(ansible_runner_service::live::connect(Some(url), &args.redis_prefix).await?)
+        }
+        None => None,
+    };
+    let report = app::prune(
+        &store,
+        live.as_deref(),
+        args.older_than,
+        status,
+        args.dry_run,
+    )
+    .await?;
+    if let Some(live) = live {
+        live.close().await;
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!("{verb} {} jobs and {} events", report.jobs, report.events);
+    store.close().await;
+    Ok(())
 }
 
 /// Prints a new key once and appends its hash to the keys file.

@@ -158,6 +158,7 @@ impl JobService for JobApi {
         if created {
             tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.name(), "job submitted");
             crash_point("after_commit");
+            crate::metrics::get().jobs_submitted.inc();
             if job.has_secrets {
                 self.keep_secrets(&job, &valid.secrets).await?;
             }
@@ -275,8 +276,11 @@ impl JobService for JobApi {
             self.shutdown.clone(),
             deadline,
         );
+        let open = crate::metrics::get().watch_streams.clone();
+        open.inc();
         tokio::spawn(async move {
             producer.await;
+            open.dec();
             drop(slot);
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -60,6 +60,11 @@ impl LiveState for MemoryLive {
             .map(|(job, _)| job.clone()))
     }
 
+    async fn forget_job(&self, id: Uuid) -> Result<(), LiveError> {
+        Self::lock(&self.jobs).remove(&id);
+        Ok(())
+    }
+
     async fn dispatch(&self, id: Uuid) -> Result<(), LiveError> {
         Self::lock(&self.queue).push_back(id);
         self.queued.notify_one();

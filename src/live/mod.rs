@@ -89,6 +89,8 @@ pub trait LiveState: Send + Sync + 'static {
     async fn put_job(&self, job: &Job) -> Result<(), LiveError>;
     /// The job's current state, if known here.
     async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError>;
+    /// Forgets a job (pruned from the history).
+    async fn forget_job(&self, id: Uuid) -> Result<(), LiveError>;
     /// Hands a PENDING job to the workers. Delivery may repeat; claims in the
     /// history make that harmless.
     async fn dispatch(&self, id: Uuid) -> Result<(), LiveError>;
@@ -136,6 +138,21 @@ pub async fn connect(
 /// live state is unreachable; a failed write of a terminal state is retried
 /// in the background, so a stale state cannot outlive a short outage.
 pub async fn announce(live: &Arc<dyn LiveState>, job: &Job) {
+    if job.status.is_terminal() {
+        let metrics = crate::metrics::get();
+        metrics
+            .jobs_finished
+            .get_or_create(&crate::metrics::Metrics::label(
+                "status",
+                job.status.as_str(),
+            ))
+            .inc();
+        if let (Some(started), Some(finished)) = (job.started_at, job.finished_at) {
+            metrics
+                .job_duration
+                .observe((finished - started).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
     if let Err(e) = live.put_job(job).await {
         tracing::warn!(job_id = %job.id, error = %e, "updating the live state");
         if job.status.is_terminal() {

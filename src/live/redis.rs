@@ -188,6 +188,14 @@ impl LiveState for RedisLive {
         }
     }
 
+    async fn forget_job(&self, id: Uuid) -> Result<(), LiveError> {
+        self.commands
+            .del::<i64, _>(self.job_key(id))
+            .await
+            .map(drop)
+            .map_err(live_error)
+    }
+
     async fn dispatch(&self, id: Uuid) -> Result<(), LiveError> {
         self.commands
             .lpush::<i64, _, _>(self.queue_key(), id.to_string())

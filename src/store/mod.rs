@@ -6,6 +6,7 @@
 pub mod entities;
 mod events;
 mod jobs;
+mod prune;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use sea_orm::{
 use crate::domain::Error;
 
 pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage, RecordedRun};
+pub use prune::PruneReport;
 
 /// Handle on the history database; cheap to clone.
 #[derive(Clone)]

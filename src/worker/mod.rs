@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::catalogue::Catalogue;
 use crate::live::LiveState;
@@ -126,10 +127,15 @@ impl Worker {
                 Ok(Some(job)) => {
                     let worker = self.clone();
                     let stop = hard_stop.clone();
-                    running.spawn(async move {
-                        worker.run_job(job, stop).await;
-                        drop(permit);
-                    });
+                    // Every log line of the run carries its job_id.
+                    let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt);
+                    running.spawn(
+                        async move {
+                            worker.run_job(job, stop).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => tracing::debug!(job_id = %id, "already claimed or no longer pending"),
                 Err(e) => {

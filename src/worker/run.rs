@@ -24,10 +24,12 @@ const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 impl Worker {
     pub(crate) async fn run_job(self: Arc<Self>, job: Job, hard_stop: CancellationToken) {
-        let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt);
-        let _enter = span.enter();
-        drop(_enter);
-        tracing::info!(parent: &span, playbook = %job.spec.playbook, "running");
+        tracing::info!(playbook = %job.spec.playbook, "running");
+        let running = crate::metrics::get().jobs_running.clone();
+        running.inc();
+        let _running = scopeguard(move || {
+            running.dec();
+        });
         crate::live::announce(&self.live, &job).await;
 
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -362,6 +364,19 @@ fn slim(event: &mut JobEvent) {
         "slimmed".into(),
         Value::String("the event was too large or not storable as emitted".into()),
     );
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Aborts a spawned task when dropped (also when the owner panics).

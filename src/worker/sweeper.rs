@@ -46,6 +46,19 @@ impl Sweeper {
     }
 
     pub async fn sweep(&self) -> Result<SweepReport, Error> {
+        let report = self.sweep_once().await?;
+        let actions = &crate::metrics::get().sweeper_actions;
+        let label = crate::metrics::Metrics::label;
+        actions
+            .get_or_create(&label("action", "worker_lost"))
+            .inc_by(report.workers_lost as u64);
+        actions
+            .get_or_create(&label("action", "redispatched"))
+            .inc_by(report.redispatched as u64);
+        Ok(report)
+    }
+
+    async fn sweep_once(&self) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         let now = chrono::Utc::now().timestamp_micros();
         for job in self.store.expire_leases(now).await? {
@@ -53,7 +66,9 @@ impl Sweeper {
             announce(&self.live, &job).await;
             report.workers_lost += 1;
         }
-        if self.live.queue_len().await? == 0 {
+        let queued = self.live.queue_len().await?;
+        crate::metrics::get().queue_depth.set(queued as i64);
+        if queued == 0 {
             let before = now - self.redispatch_after.as_micros() as i64;
             for id in self.store.pending_before(before, 100).await? {
                 self.live.dispatch(id).await?;

@@ -1,0 +1,78 @@
+//! Retention: deleting finished jobs (and their events and output) older
+//! than a cut-off, in small batches so no statement holds long locks or
+//! stalls running jobs.
+
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::entities::{job_events, job_output, jobs};
+use super::{db_error, Store};
+use crate::domain::{Error, JobStatus};
+
+/// Jobs deleted per batch.
+const PRUNE_BATCH: u64 = 200;
+
+/// What a prune removed (or, in a dry run, would remove).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    pub jobs: u64,
+    pub events: u64,
+}
+
+impl Store {
+    /// Deletes (or, in a dry run, only counts) the next batch of terminal jobs
+    /// created before `before` (microseconds), with ids above `after`, of one
+    /// status if given. PENDING and RUNNING jobs are never pruned. Returns
+    /// the batch's job ids and event count; no ids when nothing is left.
+    pub async fn prune_batch(
+        &self,
+        before: i64,
+        status: Option<JobStatus>,
+        dry_run: bool,
+        after: &str,
+    ) -> Result<(Vec<String>, u64), Error> {
+        let terminal: Vec<&str> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal() && status.is_none_or(|wanted| wanted == *s))
+            .map(JobStatus::as_str)
+            .collect();
+        let ids: Vec<String> = jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Id)
+            .filter(jobs::Column::CreatedAt.lt(before))
+            .filter(jobs::Column::Status.is_in(terminal.clone()))
+            .filter(jobs::Column::Id.gt(after))
+            .order_by_asc(jobs::Column::Id)
+            .limit(PRUNE_BATCH)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("find jobs to prune", e))?;
+        if ids.is_empty() {
+            return Ok((ids, 0));
+        }
+        let events = job_events::Entity::find()
+            .filter(job_events::Column::JobId.is_in(ids.clone()))
+            .count(&self.db)
+            .await
+            .map_err(|e| db_error("count events to prune", e))?;
+        if !dry_run {
+            job_events::Entity::delete_many()
+                .filter(job_events::Column::JobId.is_in(ids.clone()))
+                .exec(&self.db)
+                .await
+                .map_err(|e| db_error("prune events", e))?;
+            job_output::Entity::delete_many()
+                .filter(job_output::Column::JobId.is_in(ids.clone()))
+                .exec(&self.db)
+                .await
+                .map_err(|e| db_error("prune output", e))?;
+            jobs::Entity::delete_many()
+                .filter(jobs::Column::Id.is_in(ids.clone()))
+                .filter(jobs::Column::Status.is_in(terminal))
+                .exec(&self.db)
+                .await
+                .map_err(|e| db_error("prune jobs", e))?;
+        }
+        Ok((ids, events))
+    }
+}
