@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod catalogue;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;

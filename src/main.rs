@@ -11,6 +11,15 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        return match ansible_runner_service::cli::run(cli.client, command).await {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                ExitCode::from(e.code)
+            }
+        };
+    }
     init_tracing(cli.log_format);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,6 +43,7 @@ async fn run(command: Command) -> Result<(), Error> {
         Command::Health(args) => health(&args.addr).await,
         Command::Keys(KeysCommand::Create { name, file }) => create_key(&name, &file),
         Command::Prune(args) => prune(args).await,
+        Command::Client(_) => unreachable!("client commands return earlier"),
         Command::Serve(args) => {
             let settings = args.settings();
             let state = AppState::connect(&settings).await?;

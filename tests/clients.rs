@@ -20,10 +20,20 @@ async fn python_client_runs_a_playbook_and_prints_its_events() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("playbook_on_start"), "{stdout}");
-    assert!(stdout.contains("runner_on_ok [localhost] Print greeting"), "{stdout}");
+    assert!(
+        stdout.contains("runner_on_ok [localhost] Print greeting"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Hello, Python!"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("JOB_STATUS_SUCCESSFUL"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("JOB_STATUS_SUCCESSFUL"),
+        "{stdout}"
+    );
     server.stop().await;
 }

@@ -83,6 +83,15 @@ impl ServiceProcess {
     /// `serve` on a free port; returns once it answers.
     pub async fn serve(settings: &Settings, extra_env: &[(&str, &str)]) -> ServiceProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::serve_on(settings, addr, extra_env).await
+    }
+
+    /// `serve` on `addr`; returns once it answers.
+    pub async fn serve_on(
+        settings: &Settings,
+        addr: SocketAddr,
+        extra_env: &[(&str, &str)],
+    ) -> ServiceProcess {
         let mut command = Self::command(settings, "serve", extra_env);
         command.arg("--listen").arg(addr.to_string());
         let process = Self::spawn(command, "serve", Some(addr));
