@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use ansible_runner_service::pb::{self, ListJobsRequest};
-use common::proxy::Proxy;
 use common::*;
 use fred::prelude::*;
 use tonic::Code;
@@ -90,16 +89,6 @@ async fn duplicate_deliveries_run_a_job_once(backend: Backend) {
     first.stop().await;
 }
 
-async fn redis_client(history: &History) -> Client {
-    let client = Builder::from_config(
-        Config::from_url(history.settings.redis_url.as_deref().unwrap()).unwrap(),
-    )
-    .build()
-    .unwrap();
-    client.init().await.unwrap();
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_falls_back_to_the_history_when_redis_lost_the_job() {
     let history = History::new(Backend::Shared).await;
@@ -108,7 +97,7 @@ async fn get_falls_back_to_the_history_when_redis_lost_the_job() {
     let job = submit(&mut client, request("hello.yml")).await;
     let done = wait_terminal(&mut client, &job.job_id).await;
 
-    let redis = redis_client(&history).await;
+    let redis = history.redis().await;
     let key = format!("{}:job:{}", history.settings.redis_prefix, job.job_id);
     let ttl: i64 = redis.ttl(&key).await.unwrap();
     assert!(
@@ -143,7 +132,7 @@ async fn pending_job_lost_from_the_dispatch_still_runs() {
     let job = submit(&mut client, request("hello.yml")).await;
 
     // Redis forgets everything about it (as after a restart without persistence).
-    let redis = redis_client(&history).await;
+    let redis = history.redis().await;
     let prefix = &history.settings.redis_prefix;
     let _: i64 = redis
         .del(vec![
@@ -167,30 +156,12 @@ async fn pending_job_lost_from_the_dispatch_still_runs() {
 async fn unreachable_database_is_unavailable_and_recovers() {
     let mut history = History::new(Backend::Shared).await;
     history.settings.workers = 0;
-    let target = history
-        .settings
-        .database_url
-        .trim_start_matches("mysql://root@")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let db_name = history
-        .settings
-        .database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut settings = history.settings.clone();
-    settings.database_url = format!("mysql://root@{}/{db_name}", proxy.addr);
+    let (proxy, settings) = history.through_proxy().await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
     submit(&mut client, request("hello.yml")).await;
 
-    let redis = redis_client(&history).await;
+    let redis = history.redis().await;
     let queue = format!("{}:dispatch", settings.redis_prefix);
     let queued_before: u64 = redis.llen(&queue).await.unwrap();
 
@@ -236,25 +207,7 @@ async fn unreachable_database_is_unavailable_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_job_survives_a_brief_database_outage() {
     let history = History::new(Backend::Shared).await;
-    let target = history
-        .settings
-        .database_url
-        .trim_start_matches("mysql://root@")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let db_name = history
-        .settings
-        .database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut settings = history.settings.clone();
-    settings.database_url = format!("mysql://root@{}/{db_name}", proxy.addr);
+    let (proxy, settings) = history.through_proxy().await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
 

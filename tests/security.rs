@@ -346,11 +346,8 @@ async fn secret_extra_vars_are_used_but_never_kept(backend: Backend) {
         );
     }
     // And no longer in the live state.
-    if let Some(url) = &history.settings.redis_url {
-        let redis = Builder::from_config(Config::from_url(url).unwrap())
-            .build()
-            .unwrap();
-        redis.init().await.unwrap();
+    if history.settings.redis_url.is_some() {
+        let redis = history.redis().await;
         let keys: Vec<String> = redis
             .custom(
                 fred::cmd!("KEYS"),
@@ -373,12 +370,7 @@ async fn a_job_whose_secrets_were_lost_does_not_run() {
     req.secret_extra_vars = vars(json!({"token": "abcdef"}));
     let job = submit(&mut client, req).await;
 
-    let redis = Builder::from_config(
-        Config::from_url(history.settings.redis_url.as_deref().unwrap()).unwrap(),
-    )
-    .build()
-    .unwrap();
-    redis.init().await.unwrap();
+    let redis = history.redis().await;
     let deleted: i64 = redis
         .del(format!(
             "{}:secret:{}",
@@ -428,11 +420,8 @@ async fn rejected_requests_leave_nothing_behind(backend: Backend) {
         0,
         "nothing dispatched"
     );
-    if let Some(url) = &history.settings.redis_url {
-        let redis = Builder::from_config(Config::from_url(url).unwrap())
-            .build()
-            .unwrap();
-        redis.init().await.unwrap();
+    if history.settings.redis_url.is_some() {
+        let redis = history.redis().await;
         let keys: Vec<String> = redis
             .custom(
                 fred::cmd!("KEYS"),

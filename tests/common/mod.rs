@@ -96,6 +96,31 @@ impl History {
         }
     }
 
+    /// Settings whose database is reached through a proxy the test can cut
+    /// (MariaDB only).
+    pub async fn through_proxy(&self) -> (proxy::Proxy, Settings) {
+        let url = &self.settings.database_url;
+        let rest = url
+            .strip_prefix("mysql://root@")
+            .expect("a MariaDB history");
+        let (server, db_name) = rest.split_once('/').expect("host/database");
+        let proxy = proxy::Proxy::start(server.parse().expect("host:port")).await;
+        let mut settings = self.settings.clone();
+        settings.database_url = format!("mysql://root@{}/{db_name}", proxy.addr);
+        (proxy, settings)
+    }
+
+    /// A Redis client on the history's Redis (shared backend only).
+    pub async fn redis(&self) -> fred::prelude::Client {
+        use fred::prelude::*;
+        let url = self.settings.redis_url.as_deref().expect("a Redis URL");
+        let client = Builder::from_config(Config::from_url(url).expect("Redis URL"))
+            .build()
+            .expect("Redis client");
+        client.init().await.expect("connect to Redis");
+        client
+    }
+
     /// A direct handle on the history, to check what was written.
     pub async fn store(&self) -> Store {
         Store::connect(&self.settings.database_url)
