@@ -161,19 +161,24 @@ fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Er
     Ok(config)
 }
 
-/// tonic answers OUT_OF_RANGE to a request over the size limit; gRPC says
-/// RESOURCE_EXHAUSTED, which is what clients check for.
+/// tonic answers OUT_OF_RANGE to a request over the size limit, and INTERNAL
+/// to one it cannot decode; gRPC says RESOURCE_EXHAUSTED and INVALID_ARGUMENT,
+/// which is what clients check for.
 fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    let too_large = headers
+    let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| {
-            m.contains("message%20length%20too%20large") || m.contains("message length too large")
-        });
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let remapped = match code {
+        Some("11") if message.contains("message length too large") => Some("8"),
+        Some("13") if message.starts_with("failed to decode Protobuf message") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = remapped {
+        headers.insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }

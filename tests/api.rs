@@ -156,6 +156,42 @@ async fn invalid_submissions_are_refused_and_write_nothing(backend: Backend) {
             with(&|r| r.request_id = "x".repeat(200)),
             "request_id",
         ),
+        (
+            "too many hosts",
+            with(&|r| {
+                let many: Vec<String> = (0..1001).map(|i| format!("h{i}")).collect();
+                r.inventory = hosts(&many.join(","))
+            }),
+            "inventory.hosts",
+        ),
+        (
+            "comma in an inline host",
+            with(&|r| {
+                r.inventory = Some(Inventory {
+                    source: Some(Source::Inline(
+                        vars(json!({"all": {"hosts": {"a,b": {}}}})).unwrap(),
+                    )),
+                })
+            }),
+            "inventory.inline",
+        ),
+        (
+            "vars too deep",
+            with(&|r| {
+                let mut deep = json!("leaf");
+                // Deeper than the 32 levels allowed, within protobuf's own limit.
+                for _ in 0..35 {
+                    deep = json!([deep]);
+                }
+                r.extra_vars = vars(json!({ "deep": deep }))
+            }),
+            "extra_vars",
+        ),
+        (
+            "secret key",
+            with(&|r| r.secret_extra_vars = vars(json!({"not a name": "x"}))),
+            "secret_extra_vars",
+        ),
     ];
     for (name, req, field) in cases {
         let err = client.submit_job(req).await.expect_err(name);
@@ -413,6 +449,19 @@ async fn list_pages_newest_first_with_filters(backend: Backend) {
         .all(|j| j.playbook == "fail.yml" && canceled.contains(&j.job_id)));
     assert_eq!(both.total_size as usize, both.jobs.len());
 
+    // A token that was changed is refused (it is signed).
+    let mut tampered = first.next_page_token.clone().into_bytes();
+    tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
+    let err = client
+        .list_jobs(ListJobsRequest {
+            page_token: String::from_utf8(tampered).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["page_token"]);
+
     // A token only works with the filters it was made for.
     let err = client
         .list_jobs(ListJobsRequest {
@@ -559,7 +608,21 @@ async fn history_survives_a_restart(backend: Backend) {
     server.stop().await;
 }
 
+async fn ansible_vars_can_be_allowed_by_configuration(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    history.settings.limits.allow_ansible_vars = true;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let mut req = request("hello.yml");
+    req.extra_vars = vars(json!({"ansible_check_mode": true}));
+    let job = submit(&mut client, req).await;
+    assert_eq!(job.extra_vars.unwrap().fields.len(), 1);
+    server.stop().await;
+}
+
 on_both_backends!(
+    ansible_vars_can_be_allowed_by_configuration,
     invalid_submissions_are_refused_and_write_nothing,
     symlink_leaving_the_catalogue_is_refused,
     request_id_returns_the_same_job,

@@ -89,6 +89,80 @@ async fn prune_removes_old_finished_jobs_only(backend: Backend) {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prunes_periodically_when_asked() {
+    let mut history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    wait_terminal(&mut client, &job.job_id).await;
+    server.stop().await;
+
+    history.settings.prune_older_than = Some(Duration::ZERO);
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    eventually(Duration::from_secs(30), "the periodic prune", || {
+        let mut client = client.clone();
+        let id = job.job_id.clone();
+        async move {
+            let answer = client.get_job(GetJobRequest { job_id: id }).await;
+            matches!(answer, Err(ref e) if e.code() == Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    let later = submit(&mut client, request("hello.yml")).await;
+    assert_eq!(
+        status(&get(&mut client, &later.job_id).await),
+        pb::JobStatus::Pending
+    );
+    server.stop().await;
+}
+
+#[test]
+fn migrate_creates_the_schema_and_serve_names_a_missing_ansible() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/history.db", dir.path().display());
+    let bin = env!("CARGO_BIN_EXE_ansible-runner-service");
+    let migrate = std::process::Command::new(bin)
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(dir.path().join("history.db").exists());
+    let again = std::process::Command::new(bin)
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "migrate is idempotent");
+
+    let serve = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--database-url",
+            &url,
+        ])
+        .arg("--playbooks-dir")
+        .arg(repo_path("playbooks"))
+        .env("ANSIBLE_PLAYBOOK", "/nonexistent/ansible-playbook")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        stderr.contains("/nonexistent/ansible-playbook was not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pip install ansible-core"), "{stderr}");
+}
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
