@@ -99,6 +99,16 @@ impl Store {
         }
     }
 
+    /// Inserts many jobs in one statement (benchmarks fill the history so).
+    pub async fn insert_jobs_bulk(&self, jobs: &[Job]) -> Result<(), Error> {
+        let rows = jobs.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
+        jobs::Entity::insert_many(rows)
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(|e| db_error("insert jobs", e))?;
+        Ok(())
+    }
+
     async fn find_by_request_id(&self, request_id: &str) -> Result<Option<Job>, Error> {
         jobs::Entity::find()
             .filter(Column::RequestId.eq(request_id))
