@@ -33,24 +33,6 @@ async fn running_pgid(history: &History, job_id: &str) -> i32 {
     .await
 }
 
-fn job_processes(job_id: &str) -> Vec<i32> {
-    ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), job_id)
-}
-
-/// Waits until no live process carries the job's id any more.
-async fn no_process_left(job_id: &str) {
-    let id = job_id.to_owned();
-    eventually(
-        Duration::from_secs(20),
-        "every process of the run to end",
-        || {
-            let id = id.clone();
-            async move { job_processes(&id).is_empty().then_some(()) }
-        },
-    )
-    .await;
-}
-
 /// Settings for a deployment of separate processes sharing MariaDB and Redis.
 async fn deployment() -> History {
     let mut history = History::new(Backend::Shared).await;

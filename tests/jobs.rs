@@ -208,24 +208,6 @@ async fn run_pgid(history: &History, job_id: &str) -> i32 {
     .await
 }
 
-/// Waits until no live process carries the job's id any more.
-async fn no_process_left(job_id: &str) {
-    let id = job_id.to_owned();
-    eventually(
-        Duration::from_secs(20),
-        "every process of the run to end",
-        || {
-            let id = id.clone();
-            async move {
-                ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), &id)
-                    .is_empty()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 async fn cancel_running_kills_the_process_group(backend: Backend) {
     let history = History::new(backend).await;
     let server = TestServer::start(&history.settings).await;
@@ -255,8 +237,7 @@ async fn cancel_running_kills_the_process_group(backend: Backend) {
     }
     run_pgid(&history, &job.job_id).await;
     assert!(
-        !ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), &job.job_id)
-            .is_empty(),
+        !job_processes(&job.job_id).is_empty(),
         "the playbook's processes carry the job id"
     );
 

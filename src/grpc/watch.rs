@@ -86,11 +86,8 @@ pub async fn produce(
                     _ = shutdown.cancelled() => return Err(Stop::Shutdown),
                 }
             }
-            job = state
-                .store
-                .get_job(job_id)
-                .await
-                .map_err(Stop::Failed)?
+            job = patiently(&shutdown, || state.store.get_job(job_id))
+                .await?
                 .ok_or_else(|| Stop::Failed(Error::JobNotFound(job_id.to_string())))?;
         }
     };
@@ -130,6 +127,30 @@ fn watched(job: &Job) -> crate::pb::Job {
     job
 }
 
+/// Reads from the history, retrying a failed read a few times (about 6 s in
+/// all) before the watch gives up: a database hiccup should not end streams.
+async fn patiently<T, F, Fut>(shutdown: &CancellationToken, read: F) -> Result<T, Stop>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(e) if backoff <= Duration::from_secs(3) => {
+                tracing::warn!(error = %crate::grpc::error_chain(&e), "watch: reading the history; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+                backoff *= 2;
+            }
+            Err(e) => return Err(Stop::Failed(e)),
+        }
+    }
+}
+
 enum Stop {
     ClientGone,
     DeadlineExceeded,
@@ -163,11 +184,10 @@ async fn catch_up(
     mut last: u64,
 ) -> Result<u64, Stop> {
     loop {
-        let events = state
-            .store
-            .events_after(job_id, last, CATCH_UP_BATCH)
-            .await
-            .map_err(Stop::Failed)?;
+        let events = patiently(shutdown, || {
+            state.store.events_after(job_id, last, CATCH_UP_BATCH)
+        })
+        .await?;
         let done = (events.len() as u64) < CATCH_UP_BATCH;
         for event in &events {
             last = event.seq;

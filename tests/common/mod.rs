@@ -121,6 +121,23 @@ impl History {
         client
     }
 
+    /// The keys under this history's Redis prefix matching `pattern` (e.g.
+    /// "secret:*"); empty without Redis.
+    pub async fn redis_keys(&self, pattern: &str) -> Vec<String> {
+        if self.settings.redis_url.is_none() {
+            return Vec::new();
+        }
+        let redis = self.redis().await;
+        let keys: Vec<String> = fred::prelude::ClientLike::custom(
+            &redis,
+            fred::cmd!("KEYS"),
+            vec![format!("{}:{pattern}", self.settings.redis_prefix)],
+        )
+        .await
+        .expect("KEYS");
+        keys
+    }
+
     /// A direct handle on the history, to check what was written.
     pub async fn store(&self) -> Store {
         Store::connect(&self.settings.database_url)
@@ -171,6 +188,11 @@ impl TestServer {
     /// The server as `settings` say (TLS included); its `client` is a lazy
     /// plaintext one, so a TLS test makes its own.
     pub async fn start_tls(settings: &Settings) -> TestServer {
+        // The server's log goes to the test's output (shown when it fails).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info,sqlx=warn")
+            .try_init();
         let state = AppState::connect(settings).await.expect("connect state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -328,6 +350,21 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Live processes that carry the job's id (every process of its run does).
+pub fn job_processes(job_id: &str) -> Vec<i32> {
+    ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), job_id)
+}
+
+/// Waits until no live process carries the job's id any more.
+pub async fn no_process_left(job_id: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "every process of the run to end",
+        || async { job_processes(job_id).is_empty().then_some(()) },
+    )
+    .await;
 }
 
 /// The field violations of an INVALID_ARGUMENT status.
