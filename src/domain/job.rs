@@ -218,6 +218,25 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job without its result (the result may hold 16 MiB of stdout).
+    pub fn clone_without_result(&self) -> Job {
+        Job {
+            id: self.id,
+            request_id: self.request_id.clone(),
+            status: self.status,
+            spec: self.spec.clone(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            result: None,
+            error: self.error.clone(),
+            error_reason: self.error_reason,
+            attempt: self.attempt,
+            submitted_by: self.submitted_by.clone(),
+            has_secrets: self.has_secrets,
+        }
+    }
+
     /// A new PENDING job; its id is a UUIDv7, so ids sort by creation time.
     pub fn new(
         spec: JobSpec,

@@ -45,12 +45,18 @@ impl LiveJob {
             .result
             .as_ref()
             .is_some_and(|r| r.stdout.len() > LIVE_STDOUT_MAX);
-        let mut kept = job.clone();
-        if long {
-            if let Some(result) = &mut kept.result {
-                result.stdout = String::new();
-            }
-        }
+        // Copy the job without a long stdout rather than copy it and drop it.
+        let kept = match &job.result {
+            Some(result) if long => Job {
+                result: Some(crate::domain::JobResult {
+                    stdout: String::new(),
+                    stats: result.stats.clone(),
+                    ..*result
+                }),
+                ..job.clone_without_result()
+            },
+            _ => job.clone(),
+        };
         LiveJob {
             job: kept,
             stdout_in_history: long,
