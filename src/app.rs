@@ -18,7 +18,7 @@ use crate::grpc::JobApi;
 use crate::live::{self, LiveState};
 use crate::pb::job_service_server::JobServiceServer;
 use crate::store::{PruneReport, Store};
-use crate::worker::{Executor, Sweeper, Worker, WorkerTiming, DEFAULT_STDOUT_CAP};
+use crate::worker::{Executor, ExecutorKind, Sweeper, Worker, WorkerTiming, DEFAULT_STDOUT_CAP};
 
 /// Everything the service needs to run, whatever set it (flags or a test).
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct Settings {
     /// Jobs run at once by this process; 0 for an API server only.
     pub workers: usize,
     pub ansible_playbook: PathBuf,
+    /// How playbooks are started: a warm Python process per worker slot, or
+    /// a plain `ansible-playbook` per job.
+    pub executor: ExecutorKind,
     pub limits: Limits,
     pub lease: Duration,
     pub sweep_interval: Duration,
@@ -70,6 +73,7 @@ impl Settings {
                 .map(|n| n.get())
                 .unwrap_or(2),
             ansible_playbook: PathBuf::from("ansible-playbook"),
+            executor: ExecutorKind::Warm,
             limits: Limits::default(),
             lease: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::Settings;
 use crate::domain::validate::Limits;
-use crate::worker::DEFAULT_STDOUT_CAP;
+use crate::worker::{ExecutorKind, DEFAULT_STDOUT_CAP};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -179,6 +179,9 @@ pub struct RunArgs {
     /// ansible-playbook to run: a path, or a name looked up on PATH.
     #[arg(long, env = "ANSIBLE_PLAYBOOK", default_value = "ansible-playbook")]
     pub ansible_playbook: PathBuf,
+    /// How playbooks start: `warm` (a Python process per worker slot that imported Ansible once forks each run; falls back to `plain` where it cannot) or `plain` (ansible-playbook per job).
+    #[arg(long, env = "EXECUTOR", value_enum, default_value_t = ExecutorKind::Warm)]
+    pub executor: ExecutorKind,
     /// Seconds a worker's claim on a job lasts without renewal.
     #[arg(long, env = "LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,
@@ -224,6 +227,7 @@ impl RunArgs {
                     .unwrap_or(2)
             }),
             ansible_playbook: self.ansible_playbook.clone(),
+            executor: self.executor,
             limits: Limits {
                 max_hosts: self.max_hosts,
                 max_forks: self.max_forks,

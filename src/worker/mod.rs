@@ -30,6 +30,16 @@ pub use mask::Masker;
 pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
 
+/// How a worker starts playbooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// A long-lived Python process per worker slot imports Ansible once and
+    /// forks each run; runs plainly where it cannot.
+    Warm,
+    /// `ansible-playbook` started afresh for every job.
+    Plain,
+}
+
 /// Timing of leases and shutdown.
 #[derive(Debug, Clone)]
 pub struct WorkerTiming {
