@@ -280,11 +280,13 @@ pub async fn run_workers(
         tokio::spawn(prune_periodically(state.clone(), age, shutdown.clone()));
     }
     if settings.workers > 0 {
-        let executor = Executor {
-            ansible_playbook: find_ansible_playbook(&settings.ansible_playbook)?,
-            kill_grace: settings.kill_grace,
-            stdout_cap: settings.stdout_cap,
-        };
+        let executor = Executor::new(
+            find_ansible_playbook(&settings.ansible_playbook)?,
+            settings.kill_grace,
+            settings.stdout_cap,
+            settings.executor,
+        )
+        .await;
         let worker = Worker::new(
             state.store.clone(),
             state.live.clone(),

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rpc_duration: Family<Labels, Histogram>,
     pub watch_streams: Gauge,
     pub sweeper_actions: Family<Labels, Counter>,
+    pub runs_started: Family<Labels, Counter>,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -49,6 +50,7 @@ impl Metrics {
             rpc_duration: Family::new_with_constructor(rpc_histogram),
             watch_streams: Gauge::default(),
             sweeper_actions: Family::default(),
+            runs_started: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -60,6 +62,11 @@ impl Metrics {
             "jobs_finished",
             "Jobs that reached a terminal state, by status",
             metrics.jobs_finished.clone(),
+        );
+        registry.register(
+            "runs_started",
+            "Playbook runs this process started, by executor (warm, plain)",
+            metrics.runs_started.clone(),
         );
         registry.register(
             "jobs_running",

@@ -191,23 +191,6 @@ async fn cancel_pending_then_finished_is_refused(backend: Backend) {
 
 /// The process group a job runs in, as the history records it while the
 /// run lasts (it is cleared when the run ends).
-async fn run_pgid(history: &History, job_id: &str) -> i32 {
-    use ansible_runner_service::store::entities::jobs;
-    use sea_orm::EntityTrait;
-    let store = history.store().await;
-    eventually(Duration::from_secs(60), "the run's process group", || {
-        let store = store.clone();
-        async move {
-            jobs::Entity::find_by_id(job_id.to_owned())
-                .one(store.connection())
-                .await
-                .unwrap()
-                .and_then(|row| row.run_pgid)
-        }
-    })
-    .await
-}
-
 async fn cancel_running_kills_the_process_group(backend: Backend) {
     let history = History::new(backend).await;
     let server = TestServer::start(&history.settings).await;

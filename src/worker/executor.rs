@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,8 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use super::unsafe_yaml::to_unsafe_yaml;
+use super::warm::{AnsibleInstall, WarmPool, WarmRequest, WarmRun};
+use super::ExecutorKind;
 use crate::domain::{HostStats, Inventory, JobSpec};
 
 /// The callback plugin, shipped inside the binary and written next to each run.
@@ -76,16 +79,71 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// The warm process died during the run, so its end is unknown.
+    #[error("{0}")]
+    Lost(#[source] std::io::Error),
 }
 
 /// Settings shared by every run of a worker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Executor {
     pub ansible_playbook: PathBuf,
     /// How long a stopped run gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// Bytes of stdout kept; the rest is read and dropped.
     pub stdout_cap: usize,
+    /// Warm processes, for the warm executor.
+    warm: Option<Arc<WarmPool>>,
+}
+
+/// A started run: a plain ansible-playbook, or a warm process's child.
+enum Process {
+    Plain(tokio::process::Child),
+    Warm(WarmRun),
+}
+
+impl Process {
+    fn pgid(&self) -> i32 {
+        match self {
+            Process::Plain(child) => child.id().map(|pid| pid as i32).unwrap_or(0),
+            Process::Warm(run) => run.pid,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Process::Plain(_) => "plain",
+            Process::Warm(_) => "warm",
+        }
+    }
+
+    /// The exit code; -1 when a signal ended the run.
+    async fn wait(&mut self) -> std::io::Result<i32> {
+        match self {
+            Process::Plain(child) => child.wait().await.map(|s| s.code().unwrap_or(-1)),
+            Process::Warm(run) => run.wait().await,
+        }
+    }
+}
+
+/// The environment every run gets on top of the worker's: the callback
+/// plugin as stdout callback, writing events to EVENTS_FD, no colours, no
+/// retry files.
+fn run_environment(plugins: &Path, local_tmp: &Path) -> Vec<(String, String)> {
+    [
+        ("ANSIBLE_CALLBACK_PLUGINS", plugins.display().to_string()),
+        ("ANSIBLE_STDOUT_CALLBACK", "ars_events".into()),
+        ("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1".into()),
+        ("ARS_EVENTS_FD", EVENTS_FD.to_string()),
+        ("ANSIBLE_LOCAL_TEMP", local_tmp.display().to_string()),
+        ("ANSIBLE_RETRY_FILES_ENABLED", "False".into()),
+        ("ANSIBLE_NOCOLOR", "True".into()),
+        ("ANSIBLE_FORCE_COLOR", "False".into()),
+        ("PYTHONUNBUFFERED", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 pub const DEFAULT_STDOUT_CAP: usize = 16 << 20;
@@ -93,6 +151,101 @@ pub const DEFAULT_STDOUT_CAP: usize = 16 << 20;
 const LEFTOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl Executor {
+    /// An executor of `kind`. The warm executor needs to know the Python
+    /// interpreter ansible-playbook runs on (from `ansible-playbook
+    /// --version`); without it every run is plain.
+    pub async fn new(
+        ansible_playbook: PathBuf,
+        kill_grace: Duration,
+        stdout_cap: usize,
+        kind: ExecutorKind,
+    ) -> Executor {
+        let warm = match kind {
+            ExecutorKind::Plain => None,
+            ExecutorKind::Warm => match AnsibleInstall::discover(&ansible_playbook).await {
+                Some(install) => {
+                    let env = run_environment(Path::new(""), Path::new(""));
+                    match WarmPool::new(install, env, CALLBACK_PLUGIN) {
+                        Ok(pool) => Some(pool),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "preparing the warm executor; runs are plain");
+                            None
+                        }
+                    }
+                }
+                None => {
+                    tracing::warn!(
+                        ansible_playbook = %ansible_playbook.display(),
+                        "`ansible-playbook --version` names no Python interpreter; the warm executor is off and runs are plain"
+                    );
+                    None
+                }
+            },
+        };
+        Executor {
+            ansible_playbook,
+            kill_grace,
+            stdout_cap,
+            warm,
+        }
+    }
+
+    /// Which executor runs take (before any fallback).
+    pub fn kind(&self) -> ExecutorKind {
+        if self.warm.is_some() {
+            ExecutorKind::Warm
+        } else {
+            ExecutorKind::Plain
+        }
+    }
+
+    /// Starts a warm process per slot ahead of the first runs.
+    pub fn prewarm(&self, slots: usize) {
+        if let Some(pool) = &self.warm {
+            pool.prewarm(slots);
+        }
+    }
+
+    /// Starts `ansible-playbook` for a run.
+    fn spawn_plain(
+        &self,
+        job_id: uuid::Uuid,
+        args: &[String],
+        dir: &Path,
+        [stdout, stderr]: [std::io::Result<OwnedFd>; 2],
+        events_write: &OwnedFd,
+    ) -> Result<tokio::process::Child, ExecError> {
+        let mut command = Command::new(&self.ansible_playbook);
+        command
+            .args(args)
+            .current_dir(dir)
+            .envs(run_environment(
+                &dir.join("callback_plugins"),
+                &dir.join("tmp"),
+            ))
+            .env(super::JOB_ID_ENV, job_id.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout.map_err(ExecError::Prepare)?))
+            .stderr(Stdio::from(stderr.map_err(ExecError::Prepare)?))
+            .process_group(0)
+            .kill_on_drop(true);
+        let write_fd = events_write.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls are made:
+        // dup2 places the pipe's write end at EVENTS_FD (clearing CLOEXEC there).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(write_fd, EVENTS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().map_err(|source| ExecError::Spawn {
+            program: self.ansible_playbook.display().to_string(),
+            source,
+        })
+    }
+
     /// Runs `playbook` (already resolved inside the catalogue) for `spec`.
     /// `started` receives the child's process group id once it runs.
     pub async fn run(
@@ -111,59 +264,64 @@ impl Executor {
         let args = prepare(dir.path(), playbook, spec).map_err(ExecError::Prepare)?;
 
         let (events_read, events_write) = pipe().map_err(ExecError::Prepare)?;
-        let mut command = Command::new(&self.ansible_playbook);
-        command
-            .args(&args)
-            .current_dir(dir.path())
-            .env(
-                "ANSIBLE_CALLBACK_PLUGINS",
-                dir.path().join("callback_plugins"),
-            )
-            .env("ANSIBLE_STDOUT_CALLBACK", "ars_events")
-            .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1")
-            .env("ARS_EVENTS_FD", EVENTS_FD.to_string())
-            .env(super::JOB_ID_ENV, job_id.to_string())
-            .env("ANSIBLE_LOCAL_TEMP", dir.path().join("tmp"))
-            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
-            .env("ANSIBLE_NOCOLOR", "True")
-            .env("ANSIBLE_FORCE_COLOR", "False")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let write_fd = events_write.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls are made:
-        // dup2 places the pipe's write end at EVENTS_FD (clearing CLOEXEC there).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(write_fd, EVENTS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+        let (stdout_read, stdout_write) = pipe().map_err(ExecError::Prepare)?;
+        let (stderr_read, stderr_write) = pipe().map_err(ExecError::Prepare)?;
+        let mut process = None;
+        if let Some(pool) = &self.warm {
+            let mut argv = vec![self.ansible_playbook.display().to_string()];
+            argv.extend(args.iter().cloned());
+            let local_tmp = dir.path().join("tmp");
+            let request = WarmRequest {
+                job_id,
+                argv,
+                cwd: dir.path(),
+                local_tmp: &local_tmp,
+                fds: [&stdout_write, &stderr_write, &events_write],
+            };
+            match pool.start(request).await {
+                Ok(run) => process = Some(Process::Warm(run)),
+                Err(e) => {
+                    // Nothing of a failed hand-over may run beside the plain run.
+                    let job = job_id.to_string();
+                    let _ =
+                        tokio::task::spawn_blocking(move || super::kill_job_processes(&job)).await;
+                    tracing::warn!(job_id = %job_id, error = %e, "the warm executor cannot take the run; running ansible-playbook plainly");
                 }
-                Ok(())
-            });
+            }
         }
-        let mut child = command.spawn().map_err(|source| ExecError::Spawn {
-            program: self.ansible_playbook.display().to_string(),
-            source,
-        })?;
-        drop(events_write);
-        let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
+        let mut process = match process {
+            Some(process) => process,
+            None => Process::Plain(self.spawn_plain(
+                job_id,
+                &args,
+                dir.path(),
+                [stdout_write.try_clone(), stderr_write.try_clone()],
+                &events_write,
+            )?),
+        };
+        // Only the run may hold the write ends: the readers see the end of
+        // the output when it (and whatever it started) is gone.
+        drop((stdout_write, stderr_write, events_write));
+        let pgid = process.pgid();
+        tracing::debug!(pgid, executor = process.kind(), "playbook started");
+        crate::metrics::get()
+            .runs_started
+            .get_or_create(&vec![("executor".to_owned(), process.kind().to_owned())])
+            .inc();
         started(pgid);
 
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            unreachable!("stdout and stderr are piped");
-        };
+        let stdout = tokio::fs::File::from_std(std::fs::File::from(stdout_read));
+        let stderr = tokio::fs::File::from_std(std::fs::File::from(stderr_read));
         let output = tokio::spawn(collect_output(stdout, stderr, self.stdout_cap));
         let reader = tokio::spawn(read_events(events_read, events));
 
         let mut stopped = None;
+        let mut lost_end = None;
         let mut watching = true;
         let mut kill_deadline = None;
         let status = loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = process.wait() => break status,
                 changed = stop.changed(), if watching => {
                     if changed.is_err() {
                         watching = false;
@@ -175,11 +333,11 @@ impl Executor {
                     signal_group(pgid, libc::SIGTERM);
                     let deadline = tokio::time::Instant::now() + self.kill_grace;
                     kill_deadline = Some(deadline);
-                    match tokio::time::timeout_at(deadline, child.wait()).await {
+                    match tokio::time::timeout_at(deadline, process.wait()).await {
                         Ok(status) => break status,
                         Err(_) => {
                             signal_group(pgid, libc::SIGKILL);
-                            break child.wait().await;
+                            break process.wait().await;
                         }
                     }
                 }
@@ -204,9 +362,14 @@ impl Executor {
             }
         }
         let rc = match status {
-            Ok(status) => status.code().unwrap_or(-1),
+            Ok(rc) => rc,
             Err(e) => {
-                tracing::warn!(error = %e, "waiting for ansible-playbook");
+                // The warm process died with the run: its end is unknown, and
+                // nothing of it may go on.
+                tracing::warn!(error = %e, "waiting for the playbook");
+                let job = job_id.to_string();
+                let _ = tokio::task::spawn_blocking(move || super::kill_job_processes(&job)).await;
+                lost_end = Some(e);
                 -1
             }
         };
@@ -243,6 +406,11 @@ impl Executor {
         let stats = stats.unwrap_or_default();
         let (stdout, stdout_truncated) = captured.unwrap_or_default();
         drop(dir);
+        if let Some(e) = lost_end {
+            if stopped.is_none() {
+                return Err(ExecError::Lost(e));
+            }
+        }
         Ok(RunOutput {
             rc,
             stdout,

@@ -10,6 +10,7 @@ mod processes;
 mod run;
 mod sweeper;
 mod unsafe_yaml;
+mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,15 @@ pub enum ExecutorKind {
     Warm,
     /// `ansible-playbook` started afresh for every job.
     Plain,
+}
+
+impl ExecutorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Warm => "warm",
+            ExecutorKind::Plain => "plain",
+        }
+    }
 }
 
 /// Timing of leases and shutdown.
@@ -102,6 +112,7 @@ impl Worker {
         }
         tracing::info!(worker = %self.id, concurrency, "worker started");
         self.reap_orphans().await;
+        self.executor.prewarm(concurrency);
         let hard_stop = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut running = JoinSet::new();

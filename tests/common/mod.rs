@@ -18,6 +18,7 @@ use ansible_runner_service::pb::{
     WatchJobResponse,
 };
 use ansible_runner_service::store::Store;
+use ansible_runner_service::worker::ExecutorKind;
 use sea_orm::{ConnectionTrait, Database};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,16 @@ pub fn redis_url() -> String {
 
 pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The executor the suite runs with: `ARS_TEST_EXECUTOR=warm|plain`
+/// (tests/run runs the suite once with each); warm when unset.
+pub fn executor_under_test() -> ExecutorKind {
+    match std::env::var("ARS_TEST_EXECUTOR").as_deref() {
+        Ok("plain") => ExecutorKind::Plain,
+        Ok("warm") | Err(_) => ExecutorKind::Warm,
+        Ok(other) => panic!("ARS_TEST_EXECUTOR={other}: use warm or plain"),
+    }
 }
 
 fn short_id() -> String {
@@ -69,6 +80,7 @@ impl History {
         settings.kill_grace = Duration::from_secs(3);
         settings.shutdown_grace = Duration::from_secs(5);
         settings.redis_prefix = format!("ars-test-{}", short_id());
+        settings.executor = executor_under_test();
         let mut mysql_db = None;
         match backend {
             Backend::Embedded => {
@@ -350,6 +362,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The process group of the job's run, once a worker recorded it.
+pub async fn run_pgid(history: &History, job_id: &str) -> i32 {
+    use ansible_runner_service::store::entities::jobs;
+    use sea_orm::EntityTrait;
+    let store = history.store().await;
+    eventually(Duration::from_secs(60), "the run's process group", || {
+        let store = store.clone();
+        async move {
+            jobs::Entity::find_by_id(job_id.to_owned())
+                .one(store.connection())
+                .await
+                .unwrap()
+                .and_then(|row| row.run_pgid)
+        }
+    })
+    .await
 }
 
 /// Live processes that carry the job's id (every process of its run does).

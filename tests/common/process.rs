@@ -57,6 +57,7 @@ impl ServiceProcess {
                 "SHUTDOWN_GRACE_SECONDS",
                 settings.shutdown_grace.as_secs().to_string(),
             )
+            .env("EXECUTOR", settings.executor.as_str())
             .env("RUST_LOG", "info")
             .env_remove("LISTEN_ADDR")
             .stdin(Stdio::null());
