@@ -4,11 +4,14 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use ansible_runner_service::domain::{self, Job, JobSpec, JobStatus};
 use ansible_runner_service::pb::{
     self, inventory::Source, CancelJobRequest, GetJobRequest, Inventory, JobOptions,
     ListJobsRequest, ListPlaybooksRequest, WatchJobRequest,
 };
+use ansible_runner_service::store::{ListFilter, Store, TotalPolicy};
 use common::*;
 use serde_json::json;
 use tonic::Code;
@@ -621,6 +624,168 @@ async fn ansible_vars_can_be_allowed_by_configuration(backend: Backend) {
     server.stop().await;
 }
 
+/// `n` finished jobs of `playbook`, for filling the history directly.
+fn finished_jobs(n: usize, playbook: &str) -> Vec<Job> {
+    let now = chrono::Utc::now();
+    (0..n)
+        .map(|i| {
+            let spec = JobSpec {
+                playbook: playbook.into(),
+                extra_vars: Default::default(),
+                inventory: domain::Inventory::Localhost,
+                options: domain::JobOptions::default(),
+                timeout_seconds: 60,
+            };
+            let mut job = Job::new(spec, None, None, now - chrono::Duration::seconds(i as i64));
+            job.status = JobStatus::Successful;
+            job
+        })
+        .collect()
+}
+
+async fn total(store: &Store, filter: &ListFilter) -> u64 {
+    store.list_jobs(filter, 1, None).await.expect("list").total
+}
+
+async fn list_total_above_a_thousand_is_the_full_count(backend: Backend) {
+    let (_history, server) = api_only(backend).await;
+    let mut client = server.client.clone();
+    let store = &server.state.store;
+    store
+        .insert_jobs_bulk(&finished_jobs(1_004, "hello.yml"))
+        .await
+        .unwrap();
+    store
+        .insert_jobs_bulk(&finished_jobs(40, "fail.yml"))
+        .await
+        .unwrap();
+    let list = |playbook: &str| ListJobsRequest {
+        playbook: playbook.into(),
+        ..Default::default()
+    };
+
+    // Above 1,000 matches: the first call of a filter counts in full.
+    let all = client.list_jobs(list("")).await.unwrap().into_inner();
+    assert_eq!(all.total_size, 1_044);
+    assert_eq!(all.jobs.len(), 20);
+    let hello = client
+        .list_jobs(list("hello.yml"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.total_size, 1_004);
+
+    // Up to 1,000 matches the total is exact on every call.
+    let fail = client
+        .list_jobs(list("fail.yml"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fail.total_size, 40);
+    submit(&mut client, request("fail.yml")).await;
+    let fail = client
+        .list_jobs(list("fail.yml"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fail.total_size, 41);
+    server.stop().await;
+}
+
+/// The total above the exact bound, with a bound of 10 and chosen ages, on
+/// `Store` directly: a kept count is served until it is recounted, never once
+/// it is too old, and never when at most the bound match.
+async fn list_totals_above_the_bound_are_kept_then_recounted(backend: Backend) {
+    let history = History::new(backend).await;
+    let store = history.store().await;
+    store.migrate().await.unwrap();
+    let hour = Duration::from_secs(3600);
+    let with = |refresh_after, max_age, capacity| {
+        store.clone().with_total_policy(TotalPolicy {
+            exact_up_to: 10,
+            refresh_after,
+            max_age,
+            capacity,
+        })
+    };
+    let all = ListFilter::default();
+    let hello = ListFilter {
+        playbook: Some("hello.yml".into()),
+        ..Default::default()
+    };
+    let fail = ListFilter {
+        playbook: Some("fail.yml".into()),
+        ..Default::default()
+    };
+    let insert = |n, playbook| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_jobs_bulk(&finished_jobs(n, playbook))
+                .await
+                .unwrap()
+        }
+    };
+
+    insert(15, "hello.yml").await;
+    insert(3, "fail.yml").await;
+    let kept = with(hour, hour, 1_024);
+    assert_eq!(
+        total(&kept, &all).await,
+        18,
+        "the first call counts in full"
+    );
+    assert_eq!(total(&kept, &hello).await, 15);
+    assert_eq!(total(&kept, &fail).await, 3);
+
+    insert(5, "hello.yml").await;
+    insert(2, "fail.yml").await;
+    assert_eq!(total(&kept, &all).await, 18, "kept, not recounted");
+    assert_eq!(total(&kept, &hello).await, 15, "kept, not recounted");
+    assert_eq!(total(&kept, &fail).await, 5, "at most 10 match: exact");
+
+    // A count as old as max_age is never served.
+    let expiring = with(hour, Duration::ZERO, 1_024);
+    assert_eq!(total(&expiring, &all).await, 25);
+    insert(1, "hello.yml").await;
+    assert_eq!(total(&expiring, &all).await, 26);
+
+    // Past refresh_after the kept count is served and recounted behind it.
+    let refreshing = with(Duration::ZERO, hour, 1_024);
+    assert_eq!(total(&refreshing, &all).await, 26);
+    insert(4, "hello.yml").await;
+    assert_eq!(total(&refreshing, &all).await, 26, "served while recounted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match total(&refreshing, &all).await {
+            30 => break,
+            26 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("expected the recount (30) within 30 s, got {other}"),
+        }
+    }
+    assert_eq!(total(&kept, &all).await, 18, "each handle keeps its own");
+
+    // One filter kept: counting another evicts it.
+    let one = with(hour, hour, 1);
+    assert_eq!(total(&one, &all).await, 30);
+    assert_eq!(total(&one, &hello).await, 25);
+    insert(1, "hello.yml").await;
+    assert_eq!(total(&one, &all).await, 31, "evicted, so counted again");
+
+    // Back under the bound the total is exact again, whatever is kept.
+    use ansible_runner_service::store::entities::jobs;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    jobs::Entity::delete_many()
+        .filter(jobs::Column::Playbook.eq("hello.yml"))
+        .exec(store.connection())
+        .await
+        .unwrap();
+    assert_eq!(total(&kept, &all).await, 5);
+    assert_eq!(total(&kept, &hello).await, 0);
+}
+
 on_both_backends!(
     ansible_vars_can_be_allowed_by_configuration,
     invalid_submissions_are_refused_and_write_nothing,
@@ -628,6 +793,8 @@ on_both_backends!(
     request_id_returns_the_same_job,
     unknown_and_malformed_ids,
     list_pages_newest_first_with_filters,
+    list_total_above_a_thousand_is_the_full_count,
+    list_totals_above_the_bound_are_kept_then_recounted,
     playbooks_are_listed_with_their_first_play,
     health_and_reflection_are_served,
     history_survives_a_restart,

@@ -1,14 +1,16 @@
 use std::collections::BTreeMap;
+use std::time::Instant;
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Alias, Asterisk, Expr, Query, SelectStatement};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Select, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::entities::job_output;
 use super::entities::jobs::{self, Column};
+use super::totals::{Counted, Plan, RefreshMark};
 use super::{db_error, Store};
 use crate::domain::{
     from_micros, to_micros, Error, ErrorReason, HostStats, Job, JobResult, JobStatus, Outcome,
@@ -21,7 +23,8 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
-#[derive(Debug, Clone, Default)]
+/// ListJobs filters, `None` for "any"; also the key of a kept total.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListFilter {
     pub status: Option<JobStatus>,
     pub playbook: Option<String>,
@@ -32,7 +35,25 @@ pub struct ListPage {
     pub jobs: Vec<Job>,
     /// Set when more jobs follow this page.
     pub next: Option<Cursor>,
+    /// Jobs matching the filter: exact up to the store's `exact_up_to`,
+    /// beyond it a kept count (see `TotalPolicy`).
     pub total: u64,
+}
+
+impl ListFilter {
+    fn select(&self) -> Select<jobs::Entity> {
+        let mut select = jobs::Entity::find();
+        if let Some(status) = self.status {
+            select = select.filter(Column::Status.eq(status.as_str()));
+        }
+        if let Some(playbook) = &self.playbook {
+            select = select.filter(Column::Playbook.eq(playbook.as_str()));
+        }
+        if let Some(client) = &self.submitted_by {
+            select = select.filter(Column::SubmittedBy.eq(client.as_str()));
+        }
+        select
+    }
 }
 
 /// Largest piece of stdout stored in one row (and one statement).
@@ -157,23 +178,9 @@ impl Store {
         page_size: u64,
         after: Option<&Cursor>,
     ) -> Result<ListPage, Error> {
-        let mut base = jobs::Entity::find();
-        if let Some(status) = filter.status {
-            base = base.filter(Column::Status.eq(status.as_str()));
-        }
-        if let Some(playbook) = &filter.playbook {
-            base = base.filter(Column::Playbook.eq(playbook.as_str()));
-        }
-        if let Some(client) = &filter.submitted_by {
-            base = base.filter(Column::SubmittedBy.eq(client.as_str()));
-        }
-        let total = base
-            .clone()
-            .count(&self.db)
-            .await
-            .map_err(|e| db_error("count jobs", e))?;
+        let total = self.total(filter).await?;
 
-        let mut page = base;
+        let mut page = filter.select();
         if let Some(cursor) = after {
             page = page.filter(
                 Condition::any()
@@ -206,6 +213,77 @@ impl Store {
             None
         };
         Ok(ListPage { jobs, next, total })
+    }
+
+    /// How many jobs match `filter`: counted exactly up to `exact_up_to`,
+    /// else the full count kept for this filter (see `totals`), so no call
+    /// but the first of a filter (or one after `max_age` without a recount)
+    /// counts past `exact_up_to + 1` rows.
+    async fn total(&self, filter: &ListFilter) -> Result<u64, Error> {
+        let bound = self.totals.policy().exact_up_to;
+        let seen = self
+            .count_matching(filter, Some(bound.saturating_add(1)))
+            .await?;
+        if seen <= bound {
+            return Ok(seen);
+        }
+        let gate = match self.totals.plan(filter, Instant::now()) {
+            Plan::Serve(total) => return Ok(total),
+            Plan::ServeAndRefresh(total) => {
+                self.refresh_total(filter.clone());
+                return Ok(total);
+            }
+            Plan::Count(gate) => gate,
+        };
+        let _counting = gate.lock().await;
+        // Whoever held the gate before may have just counted.
+        if let Some(total) = self.totals.fresh(filter, Instant::now()) {
+            return Ok(total);
+        }
+        let at = Instant::now();
+        let value = self.count_matching(filter, None).await?;
+        self.totals.record(filter, Counted { value, at });
+        Ok(value)
+    }
+
+    /// Recounts `filter` in the background and keeps the result.
+    fn refresh_total(&self, filter: ListFilter) {
+        let store = self.clone();
+        let permits = self.totals.refresh_permits();
+        tokio::spawn(async move {
+            let mut mark = RefreshMark {
+                totals: store.totals.clone(),
+                filter,
+                counted: None,
+            };
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let at = Instant::now();
+            match store.count_matching(&mark.filter, None).await {
+                Ok(value) => mark.counted = Some(Counted { value, at }),
+                Err(e) => tracing::warn!(error = %e, "recounting a ListJobs total"),
+            }
+        });
+    }
+
+    /// Jobs matching `filter`, counting no further than `limit` when given:
+    /// `SELECT COUNT(*) FROM (SELECT id FROM jobs WHERE … LIMIT n)`, which
+    /// reads at most n entries of the filter's index.
+    async fn count_matching(&self, filter: &ListFilter, limit: Option<u64>) -> Result<u64, Error> {
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one(backend.build(&count_query(filter, limit)))
+            .await
+            .map_err(|e| db_error("count jobs", e))?;
+        let count: i64 = match row {
+            Some(row) => row
+                .try_get_by_index(0)
+                .map_err(|e| db_error("count jobs", e))?,
+            None => 0,
+        };
+        Ok(count.max(0) as u64)
     }
 
     /// Claims a PENDING job for `worker_id`: PENDING → RUNNING, attempt + 1,
@@ -586,6 +664,19 @@ impl Store {
     }
 }
 
+/// `SELECT COUNT(*) FROM (SELECT id FROM jobs WHERE … [LIMIT n]) AS matching`
+/// (sea-orm's own `count` drops a limit, so it is built here).
+fn count_query(filter: &ListFilter, limit: Option<u64>) -> SelectStatement {
+    let mut matching = filter.select().select_only().column(Column::Id);
+    if let Some(limit) = limit {
+        matching = matching.limit(limit);
+    }
+    Query::select()
+        .expr(Expr::col(Asterisk).count())
+        .from_subquery(matching.into_query(), Alias::new("matching"))
+        .to_owned()
+}
+
 fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
     let json = |what: &str, value: Result<String, serde_json::Error>| {
         value.map_err(|e| Error::internal(format!("encode {what}"), e))
@@ -671,7 +762,28 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::utf8_chunks;
+    use super::{count_query, utf8_chunks, ListFilter};
+    use crate::domain::JobStatus;
+    use sea_orm::DbBackend;
+
+    #[test]
+    fn a_bounded_count_limits_the_rows_it_reads() {
+        let filter = ListFilter {
+            status: Some(JobStatus::Failed),
+            ..Default::default()
+        };
+        let sql = |limit| {
+            DbBackend::MySql
+                .build(&count_query(&filter, limit))
+                .to_string()
+        };
+        assert_eq!(
+            sql(Some(1001)),
+            "SELECT COUNT(*) FROM (SELECT `jobs`.`id` FROM `jobs` \
+             WHERE `jobs`.`status` = 'FAILED' LIMIT 1001) AS `matching`"
+        );
+        assert!(!sql(None).contains("LIMIT"));
+    }
 
     #[test]
     fn chunks_keep_characters_whole() {

@@ -7,7 +7,9 @@ pub mod entities;
 mod events;
 mod jobs;
 mod prune;
+mod totals;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -19,11 +21,14 @@ use crate::domain::Error;
 
 pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage, RecordedRun};
 pub use prune::PruneReport;
+pub use totals::TotalPolicy;
 
 /// Handle on the history database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// ListJobs totals of large results, shared by the clones of this handle.
+    totals: Arc<totals::Totals>,
 }
 
 impl Store {
@@ -47,7 +52,17 @@ impl Store {
                 .await
                 .map_err(|e| db_error("configure SQLite", e))?;
         }
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            totals: Arc::new(totals::Totals::new(TotalPolicy::default())),
+        })
+    }
+
+    /// This handle (and its later clones), with ListJobs totals counted as
+    /// `policy` says and none kept yet.
+    pub fn with_total_policy(mut self, policy: TotalPolicy) -> Store {
+        self.totals = Arc::new(totals::Totals::new(policy));
+        self
     }
 
     /// Applies pending migrations.
