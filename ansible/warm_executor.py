@@ -21,6 +21,7 @@ import atexit
 import ctypes
 import json
 import os
+import select
 import shutil
 import socket
 import sys
@@ -171,6 +172,25 @@ def child(ctl, request, fds):
             os._exit(rc & 0xFF)
 
 
+def wait_for_child_or_worker(ctl, pid):
+    """Returns when the child ended; exits when the worker is gone meanwhile
+    (the child then lives on as a plain ansible-playbook would, and the
+    worker's next start reaps it by its job id)."""
+    pidfd = os.pidfd_open(pid)
+    watched = [ctl, pidfd]
+    try:
+        while True:
+            ready, _, _ = select.select(watched, [], [])
+            if pidfd in ready:
+                return
+            if not ctl.recv(1, socket.MSG_PEEK):
+                os._exit(0)
+            # The worker sends nothing during a run; should it, stop watching.
+            watched = [pidfd]
+    finally:
+        os.close(pidfd)
+
+
 def serve(ctl):
     buffered = b""
     fds = []
@@ -192,6 +212,7 @@ def serve(ctl):
             for fd in mine:
                 os.close(fd)
             send(ctl, {"started": pid})
+            wait_for_child_or_worker(ctl, pid)
             while True:
                 try:
                     _, status = os.waitpid(pid, 0)

@@ -187,6 +187,25 @@ fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
     response
 }
 
+/// Accepted connections with Nagle's algorithm off. Without it a response
+/// written in several pieces (HTTP/2 headers, data, trailers) waits for the
+/// client's delayed ACK: ~40 ms added to ListJobs pages (measured by the
+/// benchmark). Connections tonic accepts itself get this from
+/// `tcp_nodelay`; ours come from our own listener.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
+            }
+        }
+        stream
+    })
+}
+
 /// Finds ansible-playbook (a path, or a name looked up on PATH).
 pub fn find_ansible_playbook(program: &std::path::Path) -> Result<PathBuf, Error> {
     let missing = || {
@@ -392,7 +411,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        .serve_with_incoming_shutdown(incoming(listener), stopping)
         .await
         .map_err(|e| Error::internal("serve gRPC", e));
     // If the server failed on its own, stop the workers too.

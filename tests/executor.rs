@@ -141,19 +141,6 @@ async fn wait_for_first_task(
     }
 }
 
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-fn parent(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_process_that_dies_mid_run_fails_the_run_and_is_replaced() {
     let mut history = History::new(Backend::Embedded).await;
@@ -167,11 +154,11 @@ async fn a_warm_process_that_dies_mid_run_fails_the_run_and_is_replaced() {
     let pgid = run_pgid(&history, &job.job_id).await;
     // The run is a child of the warm process, which carries its program's
     // name; the job id is in the environment of the run's processes.
-    let warm = parent(pgid);
+    let warm = parent_pid(pgid);
     assert!(
-        cmdline(warm).contains("warm_executor.py"),
+        command_line(warm).contains("warm_executor.py"),
         "the run's parent is a warm process: {}",
-        cmdline(warm)
+        command_line(warm)
     );
     assert!(job_processes(&job.job_id).contains(&pgid));
 

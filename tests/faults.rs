@@ -9,6 +9,7 @@ use ansible_runner_service::pb::{
     self, watch_job_response::Kind, ListJobsRequest, WatchJobRequest,
 };
 use ansible_runner_service::store::entities::jobs;
+use ansible_runner_service::worker::ExecutorKind;
 use common::process::{RedisServer, ServiceProcess};
 use common::*;
 use sea_orm::EntityTrait;
@@ -74,7 +75,20 @@ async fn killed_worker_ends_worker_lost_and_its_restart_reaps_the_run() {
         (job_processes(&job.job_id).len() >= 3).then_some(())
     })
     .await;
+    // The worker's own children: its warm executor processes, if any.
+    let warm = children_named(worker.pid(), "warm_executor.py");
+    if history.settings.executor == ExecutorKind::Warm {
+        assert!(!warm.is_empty(), "the worker runs warm processes");
+    }
     worker.kill9();
+    // They do not outlive it (the one running the job's child leaves it to
+    // be reaped like a plain ansible-playbook).
+    eventually(
+        Duration::from_secs(20),
+        "warm processes to exit with their worker",
+        || async { warm.iter().all(|pid| !alive(*pid)).then_some(()) },
+    )
+    .await;
 
     // The lease (3 s) runs out and the sweeper (every 1 s) ends the job,
     // well within the 30 s the service promises.

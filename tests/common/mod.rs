@@ -382,6 +382,49 @@ pub async fn run_pgid(history: &History, job_id: &str) -> i32 {
     .await
 }
 
+/// The parent of `pid` (0 when it is gone).
+pub fn parent_pid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The command line of `pid`, arguments separated by spaces.
+pub fn command_line(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Live children of `parent` whose command line contains `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_pid(*pid) == parent && command_line(*pid).contains(name))
+        .collect()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// Live processes that carry the job's id (every process of its run does).
 pub fn job_processes(job_id: &str) -> Vec<i32> {
     ansible_runner_service::worker::job_processes(std::path::Path::new("/proc"), job_id)
