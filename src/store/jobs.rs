@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use sea_orm::sea_query::{Alias, Asterisk, Expr, Query, SelectStatement};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, QueryTrait, Select, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
@@ -53,6 +53,23 @@ impl ListFilter {
             select = select.filter(Column::SubmittedBy.eq(client.as_str()));
         }
         select
+    }
+
+    /// The index made for this combination of filters (see the migrations),
+    /// when it is exactly one.
+    fn index(&self) -> Option<&'static str> {
+        match (
+            self.status.is_some(),
+            self.playbook.is_some(),
+            self.submitted_by.is_some(),
+        ) {
+            (false, false, false) => Some("ix_jobs_created"),
+            (true, false, false) => Some("ix_jobs_status_created"),
+            (false, true, false) => Some("ix_jobs_playbook_created"),
+            (true, true, false) => Some("ix_jobs_status_playbook_created"),
+            (false, false, true) => Some("ix_jobs_submitted_by_created"),
+            _ => None,
+        }
     }
 }
 
@@ -182,15 +199,28 @@ impl Store {
 
         let mut page = filter.select();
         if let Some(cursor) = after {
-            page = page.filter(
-                Condition::any()
-                    .add(Column::CreatedAt.lt(cursor.created_at))
-                    .add(
-                        Condition::all()
-                            .add(Column::CreatedAt.eq(cursor.created_at))
-                            .add(Column::Id.lt(cursor.id.to_string())),
-                    ),
-            );
+            // `created_at <= c` first, so the index can be entered at the
+            // cursor; then `(created_at, id) < (c, id)` proper.
+            page = page
+                .filter(Column::CreatedAt.lte(cursor.created_at))
+                .filter(
+                    Condition::any()
+                        .add(Column::CreatedAt.lt(cursor.created_at))
+                        .add(Column::Id.lt(cursor.id.to_string())),
+                );
+        }
+        if self.db.get_database_backend() == DbBackend::MySql {
+            // With an equality filter MariaDB prefers a `ref` scan of the
+            // filter's index from its newest entry, reading every row newer
+            // than the cursor: 1,000 pages deep into status=FAILED that was
+            // 276 ms a page at 1,000,000 rows, against 0.4 ms for the range
+            // scan it does when told to use the index (benchmark, section d).
+            if let Some(index) = filter.index() {
+                use sea_orm::sea_query::extension::mysql::{
+                    IndexHintScope, MySqlSelectStatementExt,
+                };
+                QueryTrait::query(&mut page).force_index(Alias::new(index), IndexHintScope::All);
+            }
         }
         let rows = page
             .order_by_desc(Column::CreatedAt)
