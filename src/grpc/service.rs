@@ -170,11 +170,8 @@ impl JobService for JobApi {
             // delays it (the sweeper dispatches pending jobs it does not hold),
             // so a Redis outage costs a submit at most LIVE_WRITE_WAIT.
             let live = &self.state.live;
-            let (stored, dispatched) = tokio::join!(
-                tokio::time::timeout(LIVE_WRITE_WAIT, live.put_job(&job)),
-                tokio::time::timeout(LIVE_WRITE_WAIT, live.dispatch(job.id)),
-            );
-            if !matches!(stored, Ok(Ok(()))) || !matches!(dispatched, Ok(Ok(()))) {
+            let handed = tokio::time::timeout(LIVE_WRITE_WAIT, live.put_and_dispatch(&job)).await;
+            if !matches!(handed, Ok(Ok(()))) {
                 tracing::warn!(job_id = %job.id, "live state unavailable at submit; the sweeper will dispatch the job");
             }
         }

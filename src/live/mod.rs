@@ -93,6 +93,12 @@ pub trait LiveState: Send + Sync + 'static {
     /// Stores the job's current state for `JOB_TTL`, unless a later state
     /// (higher `JobStatus::rank`) is already there: writes may arrive late.
     async fn put_job(&self, job: &Job) -> Result<(), LiveError>;
+    /// A new job: stores its state and dispatches it (in one round trip
+    /// where the backend can).
+    async fn put_and_dispatch(&self, job: &Job) -> Result<(), LiveError> {
+        self.put_job(job).await?;
+        self.dispatch(job.id).await
+    }
     /// The job's current state, if known here.
     async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError>;
     /// Forgets a job (pruned from the history).

@@ -33,6 +33,9 @@ pub struct RedisLive {
 
 /// SET unless the stored state is later: values are "<rank><json>".
 const PUT_JOB: &str = r#"
+if KEYS[2] then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+end
 local current = redis.call('GET', KEYS[1])
 if current and tonumber(string.sub(current, 1, 1)) > tonumber(ARGV[1]) then
   return 0
@@ -162,6 +165,26 @@ impl LiveState for RedisLive {
                     job.status.rank().to_string(),
                     value,
                     JOB_TTL.as_secs().to_string(),
+                ],
+            )
+            .await
+            .map(drop)
+            .map_err(live_error)
+    }
+
+    /// One round trip: the state and the dispatch in one script.
+    async fn put_and_dispatch(&self, job: &Job) -> Result<(), LiveError> {
+        let value =
+            serde_json::to_string(&LiveJob::of(job)).map_err(|e| LiveError(e.to_string()))?;
+        self.commands
+            .eval::<i64, _, _, _>(
+                PUT_JOB,
+                vec![self.job_key(job.id), self.queue_key()],
+                vec![
+                    job.status.rank().to_string(),
+                    value,
+                    JOB_TTL.as_secs().to_string(),
+                    job.id.to_string(),
                 ],
             )
             .await
