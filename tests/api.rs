@@ -142,7 +142,7 @@ async fn invalid_submissions_are_refused_and_write_nothing(backend: Backend) {
                     source: Some(Source::Inline(vars(json!({"all": {"hostz": {}}})).unwrap())),
                 })
             }),
-            "inventory.inline",
+            "inventory.inline.all",
         ),
         (
             "var key",
@@ -176,7 +176,7 @@ async fn invalid_submissions_are_refused_and_write_nothing(backend: Backend) {
                     )),
                 })
             }),
-            "inventory.inline",
+            r#"inventory.inline.all.hosts["a,b"]"#,
         ),
         (
             "vars too deep",

@@ -374,7 +374,7 @@ async fn inventory_and_options_reach_ansible(backend: Backend) {
     let listed = submit(&mut client, req).await;
 
     // An inline inventory of two local hosts, limited to one of them.
-    let local = json!({"ansible_connection": "local", "ansible_python_interpreter": python()});
+    let local = json!({"ansible_connection": "local"});
     let mut req = request("hello.yml");
     req.inventory = Some(pb::Inventory {
         source: Some(pb::inventory::Source::Inline(
@@ -419,16 +419,6 @@ async fn inventory_and_options_reach_ansible(backend: Backend) {
     server.stop().await;
 }
 
-/// The Python that runs Ansible (inline inventory values are never
-/// templated, so `{{ ansible_playbook_python }}` is not available there).
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 async fn caller_values_are_never_templated(backend: Backend) {
     let history = History::new(backend).await;
     let server = TestServer::start(&history.settings).await;
@@ -453,7 +443,6 @@ async fn caller_values_are_never_templated(backend: Backend) {
         source: Some(pb::inventory::Source::Inline(
             vars(json!({"all": {"hosts": {"localhost": {
                 "ansible_connection": "local",
-                "ansible_python_interpreter": python(),
                 "who": attack("inventory"),
             }}}}))
             .unwrap(),

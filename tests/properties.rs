@@ -84,3 +84,142 @@ proptest! {
         prop_assert_eq!(PageToken::decode(&token, &filter, b"key").unwrap().cursor, cursor);
     }
 }
+
+/// Variable names an inventory generator draws from: the caller's connection
+/// facts, plain variables, and `ansible_*` variables that could run commands.
+const VAR_NAMES: &[&str] = &[
+    "ansible_host",
+    "ansible_port",
+    "ansible_user",
+    "ansible_connection",
+    "app_port",
+    "who",
+    "ansible_shell_executable",
+    "Ansible_Ssh_Common_Args",
+    "ansible_python_interpreter",
+    "ansible_become_exe",
+];
+
+/// Values, well-formed and hostile, for any of those names.
+const VAR_VALUES: &[&str] = &[
+    "web1.example.com",
+    "10.0.0.5",
+    "deploy",
+    "ssh",
+    "local",
+    "2222",
+    "-oProxyCommand=touch /tmp/x",
+    "/bin/sh -c 'touch /tmp/x'",
+    "a b",
+    "x;y",
+    "docker",
+    "0",
+];
+
+fn var_strategy() -> impl Strategy<Value = serde_json::Map<String, serde_json::Value>> {
+    proptest::collection::vec(
+        (
+            proptest::sample::select(VAR_NAMES),
+            proptest::sample::select(VAR_VALUES),
+        ),
+        0..3,
+    )
+    .prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+            .collect()
+    })
+}
+
+fn group_strategy() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = (
+        proptest::collection::btree_map("[a-z]{1,3}(\\.[a-z]{1,3})?", var_strategy(), 0..3),
+        var_strategy(),
+    )
+        .prop_map(|(hosts, vars)| {
+            let hosts: serde_json::Map<_, _> = hosts
+                .into_iter()
+                .map(|(h, v)| (h, serde_json::Value::Object(v)))
+                .collect();
+            serde_json::json!({"hosts": hosts, "vars": vars})
+        });
+    leaf.prop_recursive(3, 12, 2, |inner| {
+        (
+            inner.clone(),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..2),
+        )
+            .prop_map(|(mut group, children)| {
+                let children: serde_json::Map<_, _> = children.into_iter().collect();
+                group["children"] = serde_json::Value::Object(children);
+                group
+            })
+    })
+}
+
+/// Every variable (name, value) an inventory document sets, at any depth.
+fn inventory_variables(group: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    let vars = |v: Option<&serde_json::Value>, out: &mut Vec<(String, serde_json::Value)>| {
+        for (k, v) in v.and_then(|v| v.as_object()).into_iter().flatten() {
+            out.push((k.clone(), v.clone()));
+        }
+    };
+    vars(group.get("vars"), out);
+    for host_vars in group
+        .get("hosts")
+        .and_then(|h| h.as_object())
+        .into_iter()
+        .flatten()
+    {
+        vars(Some(host_vars.1), out);
+    }
+    for child in group
+        .get("children")
+        .and_then(|c| c.as_object())
+        .into_iter()
+        .flatten()
+    {
+        inventory_variables(child.1, out);
+    }
+}
+
+/// What may reach ssh's command line: the allowlist, written out again here
+/// independently of the validator.
+fn safe_connection_fact(name: &str, value: &serde_json::Value) -> bool {
+    let text = value.as_str().unwrap_or_default();
+    let plain = |extra: &[char]| {
+        !text.is_empty()
+            && !text.starts_with('-')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    match name {
+        "ansible_host" => plain(&['.', '_', '-', ':']),
+        "ansible_user" => plain(&['.', '_', '-', '@']),
+        "ansible_port" => text.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)),
+        "ansible_connection" => text == "ssh" || text == "local",
+        _ => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// No accepted inventory sets an `ansible_*` variable outside the
+    /// allowlist, or an allowlisted one to a value ssh could misread.
+    #[test]
+    fn accepted_inventories_set_only_allowed_ansible_variables(group in group_strategy()) {
+        let doc: serde_json::Map<String, serde_json::Value> =
+            [("all".to_owned(), group.clone())].into_iter().collect();
+        let accepted = validate::inline_inventory(&doc, &Limits::default()).is_ok();
+        let mut variables = Vec::new();
+        inventory_variables(&group, &mut variables);
+        let all_safe = variables.iter().all(|(name, value)| {
+            !name.to_ascii_lowercase().starts_with("ansible_") || safe_connection_fact(name, value)
+        });
+        // Exactly the safe inventories pass: nothing unsafe gets in, and the
+        // rule is no wider than it says.
+        prop_assert_eq!(accepted, all_safe, "{}", group);
+    }
+}

@@ -2,7 +2,7 @@
 //! checked without panicking, and what passes must be safe on a command line.
 #![no_main]
 
-use ansible_runner_service::domain::validate::{hosts, inline_inventory};
+use ansible_runner_service::domain::validate::{hosts, inline_inventory, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +16,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(serde_json::Value::Object(doc)) = serde_json::from_str(text) {
-        let _ = inline_inventory(&doc, 1000);
+        let _ = inline_inventory(&doc, &Limits::default());
     }
 });

@@ -15,8 +15,11 @@ pub struct Limits {
     pub max_timeout_seconds: u32,
     pub max_extra_vars_depth: usize,
     pub max_extra_vars_bytes: usize,
-    /// Let extra_vars set `ansible_*` variables (connection, become, ...).
+    /// Let extra_vars and inventory variables set any `ansible_*` variable
+    /// (connection, become, interpreters, ...): for trusted callers only.
     pub allow_ansible_vars: bool,
+    /// PENDING jobs one client may have; 0: no cap.
+    pub max_pending_per_client: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +32,7 @@ impl Default for Limits {
             max_extra_vars_depth: 32,
             max_extra_vars_bytes: 1 << 20,
             allow_ansible_vars: false,
+            max_pending_per_client: 1000,
         }
     }
 }
@@ -63,9 +67,6 @@ pub struct Validated {
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const MAX_PLAYBOOK_NAME_BYTES: usize = 255;
-const SHELL_META: &[char] = &[
-    ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '\\', '"', '\'', '*', '?', '!', '#', '~',
-];
 
 /// Checks a submission and returns the spec to store, or every violation.
 /// Whether the playbook exists in the catalogue is checked by the caller.
@@ -129,10 +130,10 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
                 None
             }
         },
-        RawInventory::Inline(doc) => match inline_inventory(&doc, limits.max_hosts) {
+        RawInventory::Inline(doc) => match inline_inventory(&doc, limits) {
             Ok(()) => Some(Inventory::Inline(doc)),
-            Err(e) => {
-                violations.push(FieldViolation::new("inventory.inline", e));
+            Err(violation) => {
+                violations.push(violation);
                 None
             }
         },
@@ -210,26 +211,41 @@ fn request_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One host name: no leading `-`, no whitespace, commas or shell characters.
+/// One host name: letters, digits, `.`, `_`, `-` and `:` (IPv6), not
+/// starting with `-` or `.`. A host name reaches ssh's command line when no
+/// `ansible_host` is set, and brackets would expand it to a range of hosts.
 pub fn host_name(host: &str) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("has an empty host name".into());
+    connection_word(
+        "host",
+        host,
+        255,
+        "letters, digits, '.', '_', '-' and ':'",
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'),
+    )
+}
+
+/// A value that reaches ssh's command line (a host name, an address, a user):
+/// non-empty, bounded, made of allowed characters only, and never something
+/// ssh would take as an option.
+fn connection_word(
+    what: &str,
+    value: &str,
+    max_len: usize,
+    allowed_text: &str,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("has an empty {what}"));
     }
-    if host.len() > 255 {
-        return Err("has a host name over 255 bytes".into());
+    if value.len() > max_len {
+        return Err(format!("has a {what} over {max_len} bytes"));
     }
-    if host.starts_with('-') {
-        return Err(format!("host {host:?} must not start with '-'"));
+    if value.starts_with('-') || value.starts_with('.') {
+        return Err(format!("{what} {value:?} must not start with '-' or '.'"));
     }
-    if host.starts_with('@') {
-        return Err(format!("host {host:?} must not start with '@'"));
-    }
-    if host
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == ',' || SHELL_META.contains(&c))
-    {
+    if !value.chars().all(allowed) {
         return Err(format!(
-            "host {host:?} must not contain whitespace, commas or shell characters"
+            "{what} {value:?} may contain only {allowed_text} (no whitespace, shell or ssh option syntax)"
         ));
     }
     Ok(())
@@ -247,70 +263,198 @@ pub fn hosts(list: &str, max_hosts: usize) -> Result<Vec<String>, String> {
     Ok(hosts)
 }
 
+/// The `ansible_*` variables an inline inventory may set without
+/// `ALLOW_ANSIBLE_VARS`: the connection facts a caller legitimately knows.
+/// Each value is checked, since it reaches ssh's command line.
+pub const CALLER_CONNECTION_VARS: [&str; 4] = [
+    "ansible_host",
+    "ansible_port",
+    "ansible_user",
+    "ansible_connection",
+];
+
+/// The connection plugins a caller may choose.
+pub const CALLER_CONNECTIONS: [&str; 2] = ["ssh", "local"];
+
 /// An inline inventory: `{group: {hosts: {name: vars}, children: {group: ..}, vars: {..}}}`.
-pub fn inline_inventory(doc: &Map<String, Value>, max_hosts: usize) -> Result<(), String> {
+/// Host and group variables follow the extra_vars rule (no `ansible_*` unless
+/// allowed), except the connection facts of [`CALLER_CONNECTION_VARS`].
+pub fn inline_inventory(doc: &Map<String, Value>, limits: &Limits) -> Result<(), FieldViolation> {
+    const FIELD: &str = "inventory.inline";
     if doc.is_empty() {
-        return Err("must have at least one group, e.g. {\"all\": {\"hosts\": {...}}}".into());
+        return Err(FieldViolation::new(
+            FIELD,
+            "must have at least one group, e.g. {\"all\": {\"hosts\": {...}}}",
+        ));
     }
     let mut host_count = 0;
     for (group, body) in doc {
-        inventory_group(group, body, &mut host_count, max_hosts, 0)?;
+        inventory_group(FIELD, group, body, &mut host_count, limits, 0)?;
     }
     Ok(())
 }
 
+/// `parent.name`, or `parent["name"]` when the name is not an identifier.
+fn field_path(parent: &str, name: &str) -> String {
+    if is_identifier(name) {
+        format!("{parent}.{name}")
+    } else {
+        format!("{parent}[{}]", Value::String(name.to_owned()))
+    }
+}
+
 fn inventory_group(
+    parent: &str,
     name: &str,
     body: &Value,
     host_count: &mut usize,
-    max_hosts: usize,
+    limits: &Limits,
     depth: usize,
-) -> Result<(), String> {
+) -> Result<(), FieldViolation> {
+    let path = field_path(parent, name);
+    let fail = |field: &str, description: String| Err(FieldViolation::new(field, description));
     if depth > 16 {
-        return Err("nests groups deeper than 16 levels".into());
+        return fail(&path, "nests groups deeper than 16 levels".into());
     }
     if !is_identifier(name) {
-        return Err(format!(
-            "group {name:?} must be an identifier (letters, digits, '_')"
-        ));
+        return fail(
+            &path,
+            format!("group {name:?} must be an identifier (letters, digits, '_')"),
+        );
     }
     let body = match body {
         Value::Null => return Ok(()),
         Value::Object(body) => body,
-        _ => return Err(format!("group {name:?} must be an object")),
+        _ => return fail(&path, format!("group {name:?} must be an object")),
     };
     for (key, value) in body {
+        let field = format!("{path}.{key}");
         match (key.as_str(), value) {
             ("hosts", Value::Object(hosts)) => {
                 for (host, vars) in hosts {
-                    host_name(host)?;
-                    if !(vars.is_null() || vars.is_object()) {
-                        return Err(format!("vars of host {host:?} must be an object"));
+                    let host_field = field_path(&field, host);
+                    host_name(host).map_err(|e| FieldViolation::new(&host_field, e))?;
+                    match vars {
+                        Value::Null => {}
+                        Value::Object(vars) => inventory_vars(&host_field, vars, limits)?,
+                        _ => {
+                            return fail(
+                                &host_field,
+                                format!("vars of host {host:?} must be an object"),
+                            )
+                        }
                     }
                     *host_count += 1;
-                    if *host_count > max_hosts {
-                        return Err(format!("has more than {max_hosts} hosts"));
+                    if *host_count > limits.max_hosts {
+                        return fail(
+                            "inventory.inline",
+                            format!("has more than {} hosts", limits.max_hosts),
+                        );
                     }
                 }
             }
             ("children", Value::Object(children)) => {
                 for (child, child_body) in children {
-                    inventory_group(child, child_body, host_count, max_hosts, depth + 1)?;
+                    inventory_group(&field, child, child_body, host_count, limits, depth + 1)?;
                 }
             }
-            ("vars", Value::Object(_)) => {}
+            ("vars", Value::Object(vars)) => inventory_vars(&field, vars, limits)?,
             ("hosts" | "children" | "vars", Value::Null) => {}
             ("hosts" | "children" | "vars", _) => {
-                return Err(format!("{key:?} of group {name:?} must be an object"))
+                return fail(
+                    &field,
+                    format!("{key:?} of group {name:?} must be an object"),
+                )
             }
             (other, _) => {
-                return Err(format!(
-                    "group {name:?} has key {other:?}; allowed: hosts, children, vars"
-                ))
+                return fail(
+                    &path,
+                    format!("group {name:?} has key {other:?}; allowed: hosts, children, vars"),
+                )
             }
         }
     }
     Ok(())
+}
+
+/// Whether Ansible would take `name` as one of its own variables (`ansible_*`,
+/// in any case).
+fn is_ansible_var(name: &str) -> bool {
+    name.get(..8)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("ansible_"))
+}
+
+/// Host or group variables of an inline inventory.
+fn inventory_vars(
+    path: &str,
+    vars: &Map<String, Value>,
+    limits: &Limits,
+) -> Result<(), FieldViolation> {
+    for (key, value) in vars {
+        let field = field_path(path, key);
+        let refuse = |description: String| Err(FieldViolation::new(&field, description));
+        if !is_identifier(key) {
+            return refuse(format!(
+                "variable {key:?} must be an identifier (letters, digits and '_', not starting with a digit)"
+            ));
+        }
+        if limits.allow_ansible_vars || !is_ansible_var(key) {
+            continue;
+        }
+        let checked = match key.as_str() {
+            "ansible_host" => value
+                .as_str()
+                .ok_or_else(|| "must be a string".to_owned())
+                .and_then(|host| {
+                    connection_word("address", host, 255, "letters, digits, '.', '_', '-' and ':'", |c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
+                    })
+                }),
+            "ansible_user" => value
+                .as_str()
+                .ok_or_else(|| "must be a string".to_owned())
+                .and_then(|user| {
+                    connection_word("user", user, 64, "letters, digits, '.', '_', '-' and '@'", |c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')
+                    })
+                }),
+            "ansible_port" => port(value),
+            "ansible_connection" => match value.as_str() {
+                Some(c) if CALLER_CONNECTIONS.contains(&c) => Ok(()),
+                _ => Err(format!(
+                    "must be one of {}",
+                    CALLER_CONNECTIONS.join(", ")
+                )),
+            },
+            _ => Err(format!(
+                "variables starting with 'ansible_' are not allowed here, except {} (the server's ALLOW_ANSIBLE_VARS lifts this for trusted callers)",
+                CALLER_CONNECTION_VARS.join(", ")
+            )),
+        };
+        if let Err(e) = checked {
+            return refuse(e);
+        }
+    }
+    Ok(())
+}
+
+/// A TCP port: a whole number (or a string of digits) from 1 to 65535.
+fn port(value: &Value) -> Result<(), String> {
+    let number = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().ok()
+        }
+        _ => None,
+    };
+    match number {
+        Some(1..=65535) => Ok(()),
+        _ => Err(format!(
+            "must be a port number from 1 to 65535, got {value}"
+        )),
+    }
 }
 
 /// A host pattern (`--limit`): no leading `-` or `@`, no whitespace or shell
@@ -361,7 +505,7 @@ fn extra_vars(vars: &Map<String, Value>, limits: &Limits) -> Result<(), String> 
                 "key {key:?} must be an identifier (letters, digits and '_', not starting with a digit)"
             ));
         }
-        if !limits.allow_ansible_vars && key.starts_with("ansible_") {
+        if !limits.allow_ansible_vars && is_ansible_var(key) {
             return Err(format!(
                 "key {key:?}: variables starting with 'ansible_' are not allowed"
             ));
@@ -456,7 +600,11 @@ mod tests {
             r#"{"all": {"hosts": {"web1": {"x": 1}, "web2": null}, "children": {"db": {"hosts": {"db1": {}}}}, "vars": {}}}"#,
         )
         .unwrap();
-        assert!(inline_inventory(&ok, 10).is_ok());
+        let limits = Limits {
+            max_hosts: 10,
+            ..Limits::default()
+        };
+        assert!(inline_inventory(&ok, &limits).is_ok());
         for bad in [
             r#"{}"#,
             r#"{"all": {"hostz": {}}}"#,
@@ -465,8 +613,82 @@ mod tests {
             r#"{"all": 3}"#,
         ] {
             let doc: Map<String, Value> = serde_json::from_str(bad).unwrap();
-            assert!(inline_inventory(&doc, 10).is_err(), "{bad} accepted");
+            assert!(inline_inventory(&doc, &limits).is_err(), "{bad} accepted");
         }
+    }
+
+    fn inventory_with_host_vars(vars: Value) -> Map<String, Value> {
+        let doc = serde_json::json!({"all": {"children": {"web": {"hosts": {"web1.example.com": vars}}}}});
+        doc.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn inventory_variables_follow_the_extra_vars_rule() {
+        let limits = Limits::default();
+        let ok = serde_json::json!({"ansible_host": "10.0.0.5", "ansible_port": 2222,
+            "ansible_user": "deploy", "ansible_connection": "ssh", "app_port": "8080"});
+        assert_eq!(
+            inline_inventory(&inventory_with_host_vars(ok), &limits),
+            Ok(())
+        );
+        for (vars, field) in [
+            (
+                serde_json::json!({"ansible_shell_executable": "/bin/sh"}),
+                "ansible_shell_executable",
+            ),
+            (
+                serde_json::json!({"ANSIBLE_SSH_COMMON_ARGS": "-o x"}),
+                "ANSIBLE_SSH_COMMON_ARGS",
+            ),
+            (
+                serde_json::json!({"ansible_python_interpreter": "/usr/bin/python3"}),
+                "ansible_python_interpreter",
+            ),
+            (
+                serde_json::json!({"ansible_become_exe": "sh"}),
+                "ansible_become_exe",
+            ),
+            (
+                serde_json::json!({"ansible_host": "-oProxyCommand=x"}),
+                "ansible_host",
+            ),
+            (serde_json::json!({"ansible_host": "a b"}), "ansible_host"),
+            (serde_json::json!({"ansible_host": 7}), "ansible_host"),
+            (
+                serde_json::json!({"ansible_user": "x\" -o y"}),
+                "ansible_user",
+            ),
+            (serde_json::json!({"ansible_port": 0}), "ansible_port"),
+            (serde_json::json!({"ansible_port": "22 -o"}), "ansible_port"),
+            (serde_json::json!({"ansible_port": 70000}), "ansible_port"),
+            (
+                serde_json::json!({"ansible_connection": "docker"}),
+                "ansible_connection",
+            ),
+            (serde_json::json!({"not-a-name": 1}), "[\"not-a-name\"]"),
+        ] {
+            let violation = inline_inventory(&inventory_with_host_vars(vars.clone()), &limits)
+                .expect_err(&format!("{vars} accepted"));
+            let expected_prefix = "inventory.inline.all.children.web.hosts[\"web1.example.com\"]";
+            assert!(
+                violation.field.starts_with(expected_prefix),
+                "{violation:?}"
+            );
+            assert!(violation.field.ends_with(field), "{violation:?}");
+        }
+        let group_vars: Map<String, Value> = serde_json::from_str(
+            r#"{"all": {"vars": {"ansible_ssh_common_args": "-o ProxyCommand=x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            inline_inventory(&group_vars, &limits).unwrap_err().field,
+            "inventory.inline.all.vars.ansible_ssh_common_args"
+        );
+        let trusted = Limits {
+            allow_ansible_vars: true,
+            ..Limits::default()
+        };
+        assert_eq!(inline_inventory(&group_vars, &trusted), Ok(()));
     }
 
     #[test]

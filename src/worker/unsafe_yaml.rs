@@ -16,10 +16,9 @@ fn write(out: &mut String, value: &Value) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => out.push_str(&number(n)),
-        // JSON's escapes are a subset of YAML's double-quoted ones.
         Value::String(s) => {
             out.push_str("!unsafe ");
-            out.push_str(&Value::String(s.clone()).to_string());
+            quoted(out, s);
         }
         Value::Array(items) => {
             out.push('[');
@@ -37,13 +36,41 @@ fn write(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
+                quoted(out, key);
                 out.push_str(": ");
                 write(out, item);
             }
             out.push('}');
         }
     }
+}
+
+/// `text` as a YAML double-quoted scalar in printable ASCII: every other
+/// character is escaped (`\xXX`, `\uXXXX`, `\UXXXXXXXX`), so the parser
+/// reads back exactly `text`. Characters YAML cannot carry raw (DEL, U+FEFF,
+/// C1 controls) and line breaks it would fold (U+0085, U+2028) never appear.
+fn quoted(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02X}", c as u32);
+            }
+            c if (c as u32) < 0x10000 => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08X}", c as u32);
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// Integers as they are; other numbers in a form YAML 1.1 (PyYAML) reads as a
@@ -76,6 +103,15 @@ mod tests {
         assert_eq!(
             to_unsafe_yaml(&value),
             r#"{"big": 1.0e+300, "f": 2.5e+0, "list": [true, null, !unsafe "a\"b\n"], "n": 3, "nested": {"k": !unsafe "v"}, "who": !unsafe "{{ lookup('pipe', 'id') }}"}"#
+        );
+    }
+
+    #[test]
+    fn characters_yaml_cannot_carry_are_escaped() {
+        let value = json!({"k\u{7f}": "\u{7f}\u{feff}\u{85}\u{2028}\u{0}\r\u{e9}\u{1F600}\\"});
+        assert_eq!(
+            to_unsafe_yaml(&value),
+            r#"{"k\x7F": !unsafe "\x7F\uFEFF\x85\u2028\x00\x0D\xE9\U0001F600\\"}"#
         );
     }
 }
