@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalogue::Catalogue;
 use crate::domain::validate::Limits;
 use crate::domain::Error;
+use crate::grpc::auth::{Access, KeyRing};
 use crate::grpc::JobApi;
 use crate::live::{self, LiveState};
 use crate::pb::job_service_server::JobServiceServer;
@@ -128,11 +129,11 @@ impl AppState {
     /// A place for one more watch stream of this caller, held while it lasts.
     pub fn watch_slot(
         &self,
-        caller: &crate::grpc::auth::Caller,
+        caller: &crate::domain::Caller,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         let slots = {
             let mut all = self.watch_slots.lock().unwrap_or_else(|e| e.into_inner());
-            all.entry(caller.name().to_owned())
+            all.entry(caller.label().to_owned())
                 .or_insert_with(|| {
                     Arc::new(tokio::sync::Semaphore::new(self.max_watches_per_client))
                 })
@@ -141,7 +142,7 @@ impl AppState {
         slots.try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted(format!(
                 "client {} already has {} open watch streams, the most allowed",
-                caller.name(),
+                caller.label(),
                 self.max_watches_per_client
             ))
         })
@@ -163,6 +164,34 @@ fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Er
         config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
     }
     Ok(config)
+}
+
+/// How callers are recognised: the keys file (kept current by a watcher
+/// until `shutdown`) and, under mutual TLS, client certificates.
+fn access(settings: &Settings, shutdown: &CancellationToken) -> Result<Arc<Access>, Error> {
+    let client_certificates = settings
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca.is_some());
+    let keys = match &settings.api_keys_file {
+        Some(path) => {
+            let ring = Arc::new(KeyRing::open(path)?);
+            tracing::info!(file = %path.display(), clients = ring.current().clients().len(), client_certificates, "API keys required");
+            tokio::spawn(ring.clone().watch(shutdown.clone()));
+            Some(ring)
+        }
+        None if client_certificates => {
+            tracing::info!(
+                "no API keys: callers are named by their client certificates, with every scope"
+            );
+            None
+        }
+        None => {
+            tracing::warn!("no API keys configured: every caller may run playbooks");
+            None
+        }
+    };
+    Ok(Arc::new(Access { keys }))
 }
 
 /// tonic answers OUT_OF_RANGE to a request over the size limit, and INTERNAL
@@ -364,17 +393,7 @@ pub async fn serve(
         async move { run_workers(state, &workers_settings, shutdown).await }
     });
 
-    let keys = match &settings.api_keys_file {
-        Some(path) => {
-            let keys = crate::grpc::auth::ApiKeys::load(path)?;
-            tracing::info!(file = %path.display(), "API keys required");
-            Some(Arc::new(keys))
-        }
-        None => {
-            tracing::warn!("no API keys configured: every caller may run playbooks");
-            None
-        }
-    };
+    let access = access(settings, &shutdown)?;
     tracing::info!(
         ?addr,
         workers = settings.workers,
@@ -385,7 +404,7 @@ pub async fn serve(
         .max_decoding_message_size(settings.max_request_bytes);
     let api = tonic::service::interceptor::InterceptedService::new(
         api,
-        crate::grpc::auth::interceptor(keys),
+        crate::grpc::auth::interceptor(access),
     );
     let stopping = {
         let shutdown = shutdown.clone();

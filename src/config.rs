@@ -92,7 +92,7 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create a key for a client: prints the key once and appends its hash to the keys file.
+    /// Create a key for a client: prints the key once and adds its hash and scopes to the keys file.
     Create {
         /// The client's name, recorded as submitted_by on its jobs.
         #[arg(long)]
@@ -100,7 +100,48 @@ pub enum KeysCommand {
         /// The keys file the server reads (API_KEYS_FILE).
         #[arg(long, env = "API_KEYS_FILE")]
         file: PathBuf,
+        /// A playbook the client may run, as a glob over catalogue names (`*` within a folder, `**` across); repeat for more. Default: every playbook.
+        #[arg(long = "playbooks", value_name = "GLOB")]
+        playbooks: Vec<String>,
+        /// What the client may do: a comma-separated list of run, cancel, read. Default: all three.
+        #[arg(long, value_name = "LIST")]
+        actions: Option<String>,
+        /// Whose jobs the client sees and cancels: own or all (default).
+        #[arg(long, value_name = "own|all")]
+        jobs: Option<String>,
+        /// The client presents a TLS client certificate whose CN or a SAN is its name, instead of a key (needs --tls-client-ca on the server).
+        #[arg(long)]
+        certificate: bool,
     },
+    /// List the clients of the keys file with their scopes (never their hashes).
+    List {
+        /// The keys file the server reads (API_KEYS_FILE).
+        #[arg(long, env = "API_KEYS_FILE")]
+        file: PathBuf,
+    },
+    /// Remove a client from the keys file; servers stop accepting it within seconds.
+    Revoke {
+        /// The client to remove.
+        #[arg(long)]
+        name: String,
+        /// The keys file the server reads (API_KEYS_FILE).
+        #[arg(long, env = "API_KEYS_FILE")]
+        file: PathBuf,
+    },
+}
+
+impl KeysCommand {
+    /// The scopes `keys create` was given, as keys-file words.
+    pub fn scope_words(
+        playbooks: &[String],
+        actions: &Option<String>,
+        jobs: &Option<String>,
+    ) -> Vec<String> {
+        let mut words: Vec<String> = playbooks.iter().map(|p| format!("playbooks={p}")).collect();
+        words.extend(actions.iter().map(|a| format!("actions={a}")));
+        words.extend(jobs.iter().map(|j| format!("jobs={j}")));
+        words
+    }
 }
 
 #[derive(Debug, Args)]
@@ -209,9 +250,12 @@ pub struct RunArgs {
     /// Most hosts an inventory may name.
     #[arg(long, env = "MAX_HOSTS", default_value_t = 1000)]
     pub max_hosts: usize,
-    /// Let extra_vars set ansible_* variables.
+    /// Let extra_vars and inline-inventory variables set any ansible_* variable (interpreters, ssh arguments, become...): for trusted callers only.
     #[arg(long, env = "ALLOW_ANSIBLE_VARS", default_value_t = false)]
     pub allow_ansible_vars: bool,
+    /// PENDING jobs one client may have; more submits answer RESOURCE_EXHAUSTED. 0: no cap.
+    #[arg(long, env = "MAX_PENDING_PER_CLIENT", default_value_t = 1000)]
+    pub max_pending_per_client: usize,
 }
 
 impl RunArgs {
@@ -234,6 +278,7 @@ impl RunArgs {
                 default_timeout_seconds: self.default_timeout_seconds,
                 max_timeout_seconds: self.max_timeout_seconds,
                 allow_ansible_vars: self.allow_ansible_vars,
+                max_pending_per_client: self.max_pending_per_client,
                 ..Limits::default()
             },
             lease: Duration::from_secs(self.lease_seconds.max(3)),

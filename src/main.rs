@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use ansible_runner_service::app::{self, AppState};
+use ansible_runner_service::cli::keys;
 use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
 use ansible_runner_service::store::Store;
@@ -41,7 +42,22 @@ async fn run(command: Command) -> Result<(), Error> {
             Ok(())
         }
         Command::Health(args) => health(&args.addr).await,
-        Command::Keys(KeysCommand::Create { name, file }) => create_key(&name, &file),
+        Command::Keys(KeysCommand::Create {
+            name,
+            file,
+            playbooks,
+            actions,
+            jobs,
+            certificate,
+        }) => {
+            let words = KeysCommand::scope_words(&playbooks, &actions, &jobs);
+            let scopes =
+                ansible_runner_service::domain::Scopes::parse(words.iter().map(String::as_str))
+                    .map_err(|e| Error::invalid("scopes", e))?;
+            keys::create(&file, &name, scopes, certificate)
+        }
+        Command::Keys(KeysCommand::List { file }) => keys::list(&file),
+        Command::Keys(KeysCommand::Revoke { name, file }) => keys::revoke(&file, &name),
         Command::Prune(args) => prune(args).await,
         Command::Client(_) => unreachable!("client commands return earlier"),
         Command::Serve(args) => {
@@ -103,31 +119,6 @@ async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Er
     };
     println!("{verb} {} jobs and {} events", report.jobs, report.events);
     store.close().await;
-    Ok(())
-}
-
-/// Prints a new key once and appends its hash to the keys file.
-fn create_key(name: &str, file: &std::path::Path) -> Result<(), Error> {
-    use std::io::Write;
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') || name.len() > 128 {
-        return Err(Error::invalid(
-            "name",
-            "must be 1 to 128 characters without spaces or '#'",
-        ));
-    }
-    let (key, line) = ansible_runner_service::grpc::auth::new_key(name)?;
-    let mut keys = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .map_err(|e| Error::internal(format!("open {}", file.display()), e))?;
-    writeln!(keys, "{line}")
-        .map_err(|e| Error::internal(format!("write {}", file.display()), e))?;
-    println!("{key}");
-    eprintln!(
-        "key for client {name:?} added to {}; it is shown only now. Send it as `authorization: Bearer <key>`.",
-        file.display()
-    );
     Ok(())
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use ansible_runner_service::grpc::auth::new_key;
+use ansible_runner_service::domain::Scopes;
+use ansible_runner_service::grpc::auth;
 use ansible_runner_service::pb::job_service_client::JobServiceClient;
 use ansible_runner_service::pb::{self, ListJobsRequest, WatchJobRequest};
 use common::*;
@@ -15,6 +16,12 @@ use serde_json::json;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
+
+/// A key with every scope and its keys-file line.
+fn new_key(name: &str) -> (String, String) {
+    let (key, client) = auth::new_key(name, Scopes::full()).unwrap();
+    (key, client.line())
+}
 
 fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -29,8 +36,8 @@ async fn keys_are_required_and_name_the_submitter(backend: Backend) {
     let mut history = History::new(backend).await;
     history.settings.workers = 0;
     let dir = tempfile::tempdir().unwrap();
-    let (deploy_key, deploy_line) = new_key("deploy-bot").unwrap();
-    let (ci_key, ci_line) = new_key("ci").unwrap();
+    let (deploy_key, deploy_line) = new_key("deploy-bot");
+    let (ci_key, ci_line) = new_key("ci");
     let keys_file = dir.path().join("keys");
     std::fs::write(&keys_file, format!("{deploy_line}\n{ci_line}\n")).unwrap();
     history.settings.api_keys_file = Some(keys_file);
@@ -135,43 +142,9 @@ async fn keys_create_prints_a_working_key_once() {
     server.stop().await;
 }
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["client".into()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    Pki {
-        ca: ca.pem(),
-        server_cert: server.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
-    let pki = pki();
+    let pki = Pki::new("client");
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);

@@ -2,6 +2,7 @@
 //! ansible-playbook prints it; `get`, `list`, `watch`, `cancel`, `playbooks`
 //! cover the rest of the API. It talks to any server over gRPC.
 
+pub mod keys;
 mod output;
 
 use std::io::{IsTerminal, Write};

@@ -41,6 +41,26 @@ pub enum Error {
     /// A limit per caller or per request was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A quota of the caller is used up (e.g. its pending jobs); nothing was
+    /// written.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// What the quota is counted on, e.g. `client:deploy-bot`.
+        subject: String,
+        /// Which quota, and its limit.
+        description: String,
+        message: String,
+    },
+    /// The caller's scopes do not allow this call; nothing was written.
+    #[error("{message}")]
+    PermissionDenied {
+        /// ErrorInfo reason, e.g. ACTION_NOT_PERMITTED.
+        reason: &'static str,
+        message: String,
+    },
+    /// A request_id the caller used before, for a different request.
+    #[error("{0}")]
+    RequestIdReused(String),
     /// The history database (or another dependency the request needs) cannot
     /// be reached; nothing was written.
     #[error("{what} is unavailable")]

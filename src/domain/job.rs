@@ -215,6 +215,9 @@ pub struct Job {
     /// The job came with secret extra vars.
     #[serde(default)]
     pub has_secrets: bool,
+    /// The client that asked to cancel the job, if one did.
+    #[serde(default)]
+    pub canceled_by: Option<String>,
 }
 
 impl Job {
@@ -234,6 +237,7 @@ impl Job {
             attempt: self.attempt,
             submitted_by: self.submitted_by.clone(),
             has_secrets: self.has_secrets,
+            canceled_by: self.canceled_by.clone(),
         }
     }
 
@@ -248,6 +252,7 @@ impl Job {
             id: Uuid::now_v7(),
             submitted_by,
             has_secrets: false,
+            canceled_by: None,
             request_id,
             status: JobStatus::Pending,
             spec,

@@ -1,9 +1,11 @@
 //! The job domain: what a job is, its states and transitions, and the rules
 //! its input must follow. No transport, database or cache types in here.
 
+pub mod access;
 mod error;
 mod job;
 pub mod validate;
 
+pub use access::{Action, Caller, Scopes, Visibility};
 pub use error::{Error, FieldViolation};
 pub use job::*;

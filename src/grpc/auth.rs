@@ -1,36 +1,70 @@
-//! API keys. With a keys file configured, every JobService call must carry
-//! `authorization: Bearer <key>`; the key's SHA-256 is compared, in constant
-//! time, with the hashes of the file, and the matching client's name goes with
-//! the request (jobs record it as `submitted_by`). grpc.health.v1 and
-//! reflection stay open. The file holds one `<client name> <sha256 hex>` per
-//! line (`#` starts a comment); the service never sees or stores the keys.
+//! Who is calling. With a keys file, every JobService call must name a client
+//! of that file: by `authorization: Bearer <key>` (the key's SHA-256 is
+//! compared in constant time with every hash of the file), or, under mutual
+//! TLS, by its client certificate (its subject CN or a SAN equal to a
+//! `certificate` client's name). The client's scopes go with the request.
+//! Without a keys file the service is open; a client certificate still names
+//! the caller. grpc.health.v1 and reflection stay open.
+//!
+//! The file holds one client per line (`#` starts a comment):
+//! `<client name> <sha256 hex of its key | certificate> [scope words]`, with
+//! the scope words of [`Scopes::parse`]. It is re-read when it changes (and
+//! on SIGHUP); a file that no longer parses leaves the last good keys in force.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
-use crate::domain::Error;
+use crate::domain::{Caller, Error, Scopes};
 
-/// Who is calling: the client name of their API key, or None when the
-/// service runs without keys.
+/// How often the keys file is checked for changes.
+pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The second field of a keys-file line for a client that authenticates with
+/// a TLS client certificate instead of a key.
+pub const CERTIFICATE: &str = "certificate";
+
+/// How a client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub Option<String>);
+pub enum Credential {
+    /// The SHA-256 of its bearer key.
+    KeyHash([u8; 32]),
+    /// A client certificate naming it (CN or SAN), signed by the client CA.
+    Certificate,
+}
 
-impl Caller {
-    /// The name limits and logs use for this caller.
-    pub fn name(&self) -> &str {
-        self.0.as_deref().unwrap_or("anonymous")
+/// One client of the keys file.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub credential: Credential,
+    pub scopes: Arc<Scopes>,
+}
+
+impl Client {
+    /// The client as a keys-file line.
+    pub fn line(&self) -> String {
+        let credential = match &self.credential {
+            Credential::KeyHash(hash) => hex::encode(hash),
+            Credential::Certificate => CERTIFICATE.to_owned(),
+        };
+        let mut words = vec![self.name.clone(), credential];
+        words.extend(self.scopes.words());
+        words.join(" ")
     }
 }
 
-/// The configured clients and their key hashes.
+/// The clients of a keys file.
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
-    clients: Vec<(String, [u8; 32])>,
+    clients: Vec<Client>,
 }
 
 impl ApiKeys {
@@ -42,24 +76,7 @@ impl ApiKeys {
     }
 
     pub fn parse(text: &str) -> Result<ApiKeys, String> {
-        let mut clients = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(name), Some(hash), None) = (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(format!(
-                    "line {}: expected `<client name> <sha256 hex>`",
-                    number + 1
-                ));
-            };
-            let hash = decode_hex(hash)
-                .ok_or_else(|| format!("line {}: the hash must be 64 hex digits", number + 1))?;
-            clients.push((name.to_owned(), hash));
-        }
+        let clients = parse_lines(text)?;
         if clients.is_empty() {
             return Err(
                 "no keys: add `<client name> <sha256 hex>` lines (see `keys create`)".into(),
@@ -68,20 +85,212 @@ impl ApiKeys {
         Ok(ApiKeys { clients })
     }
 
-    /// The client whose key this is, checking every entry in constant time.
-    pub fn client_of(&self, key: &str) -> Option<&str> {
-        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let mut found = None;
-        for (name, expected) in &self.clients {
-            if constant_time_eq(&hash, expected) {
-                found = Some(name.as_str());
-            }
-        }
-        found
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
     }
 
-    /// Checks a request's `authorization` header and records the caller.
-    pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    /// The client whose key this is, comparing with every hash in constant
+    /// time.
+    pub fn caller_for_key(&self, key: &str) -> Option<Caller> {
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for client in &self.clients {
+            if let Credential::KeyHash(expected) = &client.credential {
+                if bool::from(hash.ct_eq(expected)) {
+                    found = Some(client);
+                }
+            }
+        }
+        found.map(|c| Caller::named(&c.name, c.scopes.clone()))
+    }
+
+    /// The `certificate` client that one of a certificate's names names.
+    pub fn caller_for_certificate(&self, names: &[String]) -> Option<Caller> {
+        names.iter().find_map(|name| {
+            self.clients
+                .iter()
+                .find(|c| c.credential == Credential::Certificate && &c.name == name)
+                .map(|c| Caller::named(&c.name, c.scopes.clone()))
+        })
+    }
+}
+
+/// Every client line of a keys file's text, which may have none.
+pub fn parse_lines(text: &str) -> Result<Vec<Client>, String> {
+    let mut clients = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let at = |e: String| format!("line {}: {e}", number + 1);
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(name), Some(credential)) = (fields.next(), fields.next()) else {
+            return Err(at(
+                "expected `<client name> <sha256 hex | certificate> [scopes]`".into(),
+            ));
+        };
+        client_name(name).map_err(at)?;
+        let credential = if credential == CERTIFICATE {
+            Credential::Certificate
+        } else {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(credential, &mut hash)
+                .map_err(|_| at("the hash must be 64 hex digits (or `certificate`)".into()))?;
+            Credential::KeyHash(hash)
+        };
+        let scopes = Scopes::parse(fields).map_err(at)?;
+        clients.push(Client {
+            name: name.to_owned(),
+            credential,
+            scopes: Arc::new(scopes),
+        });
+    }
+    Ok(clients)
+}
+
+/// A client name: 1 to 128 characters without whitespace or `#`.
+pub fn client_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 128
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+    {
+        return Err(format!(
+            "client name {name:?} must be 1 to 128 characters without spaces or '#'"
+        ));
+    }
+    Ok(())
+}
+
+/// A new random key and its client's line for the keys file.
+pub fn new_key(client: &str, scopes: Scopes) -> Result<(String, Client), Error> {
+    client_name(client).map_err(|e| Error::invalid("name", e))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal("generate a key", e.to_string()))?;
+    let key = format!("ars_{}", URL_SAFE_NO_PAD.encode(bytes));
+    let client = Client {
+        name: client.to_owned(),
+        credential: Credential::KeyHash(Sha256::digest(key.as_bytes()).into()),
+        scopes: Arc::new(scopes),
+    };
+    Ok((key, client))
+}
+
+/// Modification stamp of the keys file: a change of any part means re-read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+/// The keys file's clients, kept current while the service runs.
+#[derive(Debug)]
+pub struct KeyRing {
+    path: PathBuf,
+    current: RwLock<Arc<ApiKeys>>,
+    seen: Mutex<Option<FileStamp>>,
+}
+
+impl KeyRing {
+    /// Reads the keys file; it must parse at start.
+    pub fn open(path: &Path) -> Result<KeyRing, Error> {
+        let seen = stamp(path);
+        let keys = ApiKeys::load(path)?;
+        Ok(KeyRing {
+            path: path.to_owned(),
+            current: RwLock::new(Arc::new(keys)),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ApiKeys> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the file if it changed (always when `force`). A file that
+    /// does not parse, or cannot be read, leaves the last good keys in force.
+    pub fn reload(&self, force: bool) {
+        let now = stamp(&self.path);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && *seen == now {
+                return;
+            }
+            *seen = now;
+        }
+        match ApiKeys::load(&self.path) {
+            Ok(keys) => {
+                tracing::info!(
+                    file = %self.path.display(),
+                    clients = keys.clients.len(),
+                    "API keys reloaded"
+                );
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+            Err(e) => tracing::warn!(
+                error = %super::error_chain(&e),
+                "keeping the last good API keys"
+            ),
+        }
+    }
+
+    /// Re-reads the file when it changes, and on SIGHUP, until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the keys file is still checked every 2 s");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(KEYS_RELOAD_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let hup = async {
+                match &mut hangup {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let force = tokio::select! {
+                _ = tick.tick() => false,
+                _ = hup => true,
+                _ = shutdown.cancelled() => return,
+            };
+            let ring = self.clone();
+            // Reading the file is blocking I/O.
+            let _ = tokio::task::spawn_blocking(move || ring.reload(force)).await;
+        }
+    }
+}
+
+/// How callers are recognised: by keys (when a keys file is configured) and
+/// by client certificates (under mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub keys: Option<Arc<KeyRing>>,
+}
+
+impl Access {
+    /// The caller of a request, or UNAUTHENTICATED.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let header = request
             .metadata()
             .get("authorization")
@@ -90,57 +299,77 @@ impl ApiKeys {
             h.strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))
         });
-        let Some(key) = key else {
-            return Err(Status::unauthenticated(
-                "missing API key: send the header `authorization: Bearer <key>`",
-            ));
+        let certificate_names = certificate_names(request);
+        let Some(keys) = &self.keys else {
+            // An open service: a client certificate still names the caller.
+            return Ok(match certificate_names.first() {
+                Some(name) => Caller::named(name, Arc::new(Scopes::full())),
+                None => Caller::anonymous(),
+            });
         };
-        let Some(client) = self.client_of(key.trim()) else {
-            return Err(Status::unauthenticated("invalid API key"));
-        };
-        let caller = Caller(Some(client.to_owned()));
+        let keys = keys.current();
+        if let Some(key) = key {
+            return keys
+                .caller_for_key(key.trim())
+                .ok_or_else(|| Status::unauthenticated("invalid API key"));
+        }
+        if !certificate_names.is_empty() {
+            return keys
+                .caller_for_certificate(&certificate_names)
+                .ok_or_else(|| {
+                    Status::unauthenticated(format!(
+                        "the client certificate ({}) names no `certificate` client of the keys file; send a key instead",
+                        certificate_names.join(", ")
+                    ))
+                });
+        }
+        Err(Status::unauthenticated(
+            "missing API key: send the header `authorization: Bearer <key>`",
+        ))
+    }
+}
+
+/// The names a verified client certificate gives its holder: the subject's
+/// CN, then its SANs (DNS names, e-mail addresses, URIs). Empty without one.
+fn certificate_names<T>(request: &Request<T>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Some(chain) = request.peer_certs() else {
+        return Vec::new();
+    };
+    let Some(leaf) = chain.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => {
+                    names.push((*n).to_owned())
+                }
+                _ => {}
+            }
+        }
+    }
+    names.retain(|n| client_name(n).is_ok());
+    names
+}
+
+/// The interceptor for the JobService: records the caller on the request.
+pub fn interceptor(
+    access: Arc<Access>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let caller = access.authenticate(&request)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
-}
-
-/// The interceptor for the JobService: keys when configured, else open.
-pub fn interceptor(
-    keys: Option<Arc<ApiKeys>>,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |mut request: Request<()>| match &keys {
-        Some(keys) => keys.check(request),
-        None => {
-            request.extensions_mut().insert(Caller(None));
-            Ok(request)
-        }
-    }
-}
-
-/// A new random key and the line for the keys file.
-pub fn new_key(client: &str) -> Result<(String, String), Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::internal("generate a key", e.to_string()))?;
-    let key = format!("ars_{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = Sha256::digest(key.as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((key, format!("{client} {hex}")))
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]
@@ -149,13 +378,45 @@ mod tests {
 
     #[test]
     fn keys_match_their_client_only() {
-        let (key, line) = new_key("deploy-bot").unwrap();
-        let (other, other_line) = new_key("ci").unwrap();
-        let keys = ApiKeys::parse(&format!("# clients\n{line}\n{other_line}  # CI\n")).unwrap();
-        assert_eq!(keys.client_of(&key), Some("deploy-bot"));
-        assert_eq!(keys.client_of(&other), Some("ci"));
-        assert_eq!(keys.client_of("ars_wrong"), None);
-        assert!(ApiKeys::parse("").is_err());
-        assert!(ApiKeys::parse("name nothex").is_err());
+        let (key, deploy) = new_key("deploy-bot", Scopes::full()).unwrap();
+        let scopes = Scopes::parse(["actions=read", "jobs=own"]).unwrap();
+        let (other, ci) = new_key("ci", scopes).unwrap();
+        let text = format!(
+            "# clients\n{}\n{}  # CI\nrobot certificate playbooks=hello.yml\n",
+            deploy.line(),
+            ci.line()
+        );
+        let keys = ApiKeys::parse(&text).unwrap();
+        let caller = keys.caller_for_key(&key).unwrap();
+        assert_eq!(caller.name.as_deref(), Some("deploy-bot"));
+        assert_eq!(*caller.scopes, Scopes::full());
+        let caller = keys.caller_for_key(&other).unwrap();
+        assert_eq!(caller.name.as_deref(), Some("ci"));
+        assert_eq!(caller.scopes.words(), ["actions=read", "jobs=own"]);
+        assert!(keys.caller_for_key("ars_wrong").is_none());
+        let robot = keys
+            .caller_for_certificate(&["x".into(), "robot".into()])
+            .unwrap();
+        assert_eq!(robot.name.as_deref(), Some("robot"));
+        assert!(
+            keys.caller_for_certificate(&["ci".into()]).is_none(),
+            "ci has a key, not a certificate"
+        );
+        assert_eq!(
+            parse_lines(&text)
+                .unwrap()
+                .iter()
+                .map(Client::line)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            format!(
+                "{}\n{}\nrobot certificate playbooks=hello.yml",
+                deploy.line(),
+                ci.line()
+            )
+        );
+        for bad in ["", "name nothex", "name certificate actions=fly", "name"] {
+            assert!(ApiKeys::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

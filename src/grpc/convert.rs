@@ -142,6 +142,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         attempt: job.attempt,
         submitted_by: job.submitted_by.clone().unwrap_or_default(),
         has_secret_extra_vars: job.has_secrets,
+        canceled_by: job.canceled_by.clone().unwrap_or_default(),
     }
 }
 

@@ -7,12 +7,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::auth::Caller;
 use super::convert::{self, job_to_pb};
 use super::page_token::PageToken;
 use super::watch;
 use crate::app::AppState;
-use crate::domain::{validate, Error, Job};
+use crate::domain::{validate, Action, Caller, Error, Job, Visibility};
 use crate::live::LiveMessage;
 use crate::pb::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, ListFilter};
@@ -47,12 +46,14 @@ impl JobApi {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Caller {
+/// The caller the interceptor recognised; a request without one (which the
+/// interceptor never lets through) is refused rather than let in.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
         .cloned()
-        .unwrap_or(Caller(None))
+        .ok_or_else(|| Status::unauthenticated("no caller"))
 }
 
 /// When the caller's `grpc-timeout` runs out. tonic enforces it for unary
@@ -85,7 +86,45 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     crate::domain::from_micros(chrono::Utc::now().timestamp_micros())
 }
 
+/// The job an earlier submission with the same request_id created, if that
+/// submission asked for the same thing (AIP-155); ALREADY_EXISTS otherwise.
+fn same_request(existing: Job, new: &Job) -> Result<Job, Error> {
+    if existing.spec == new.spec && existing.has_secrets == new.has_secrets {
+        return Ok(existing);
+    }
+    Err(Error::RequestIdReused(format!(
+        "request_id {:?} was used by an earlier, different request (job {}); send a new request_id for a new request",
+        new.request_id.as_deref().unwrap_or_default(),
+        existing.id
+    )))
+}
+
 impl JobApi {
+    /// RESOURCE_EXHAUSTED (with a QuotaFailure) when the caller already has
+    /// as many PENDING jobs as one client may; nothing is written then.
+    async fn check_pending_quota(&self, caller: &Caller) -> Result<(), Error> {
+        let cap = self.state.limits.max_pending_per_client;
+        if cap == 0 {
+            return Ok(());
+        }
+        let pending = self
+            .state
+            .store
+            .pending_of(caller.name.as_deref(), cap as u64)
+            .await?;
+        if pending < cap as u64 {
+            return Ok(());
+        }
+        Err(Error::QuotaExceeded {
+            subject: format!("client:{}", caller.label()),
+            description: format!("at most {cap} PENDING jobs per client (MAX_PENDING_PER_CLIENT)"),
+            message: format!(
+                "client {} already has {cap} jobs waiting to run, the most allowed; submit again once some have started",
+                caller.label()
+            ),
+        })
+    }
+
     /// Hands a new job's secrets to the live state. If that fails, the job
     /// (committed, but useless without them) is ended at once, and the caller
     /// gets UNAVAILABLE: nothing runs without its secrets.
@@ -104,7 +143,7 @@ impl JobApi {
         }
         let now = crate::domain::to_micros(now());
         if let Ok(crate::store::CancelOutcome::Canceled(ended)) =
-            self.state.store.cancel(job.id, now).await
+            self.state.store.cancel(job.id, now, None).await
         {
             crate::live::announce(&self.state.live, &ended).await;
         }
@@ -152,15 +191,35 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
+        caller.require(Action::Run)?;
         let submission = convert::submission(request.into_inner());
         let valid = validate::submission(submission, &self.state.limits)?;
+        caller.require_playbook(&valid.spec.playbook)?;
         self.state.catalogue.resolve(&valid.spec.playbook)?;
-        let mut job = Job::new(valid.spec, valid.request_id, caller.0.clone(), now());
+        let mut job = Job::new(valid.spec, valid.request_id, caller.name.clone(), now());
         job.has_secrets = !valid.secrets.is_empty();
-        let (job, created) = self.state.store.insert_job(&job).await?;
+        // A retry of a request already taken gets its job, quota or not.
+        if let Some(request_id) = &job.request_id {
+            let scope = caller.name.as_deref().unwrap_or_default();
+            if let Some(existing) = self
+                .state
+                .store
+                .find_by_request_id(scope, request_id)
+                .await?
+            {
+                return Ok(Response::new(pb::SubmitJobResponse {
+                    job: Some(job_to_pb(&same_request(existing, &job)?)),
+                }));
+            }
+        }
+        self.check_pending_quota(&caller).await?;
+        let (job, created) = match self.state.store.insert_job(&job).await? {
+            (existing, false) => (same_request(existing, &job)?, false),
+            inserted => inserted,
+        };
         if created {
-            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.name(), "job submitted");
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.label(), "job submitted");
             crash_point("after_commit");
             crate::metrics::get().jobs_submitted.inc();
             if job.has_secrets {
@@ -184,8 +243,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Action::Read)?;
         let id = parse_job_id(&request.get_ref().job_id)?;
-        let job = self.state.current_job(id).await?;
+        let job = caller.visible(self.state.current_job(id).await?)?;
         Ok(Response::new(pb::GetJobResponse {
             job: Some(job_to_pb(&job)),
         }))
@@ -195,6 +256,8 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Action::Read)?;
         let req = request.into_inner();
         let mut violations = Vec::new();
         if req.page_size < 0 {
@@ -219,11 +282,18 @@ impl JobService for JobApi {
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations).into());
         }
-        let filter = ListFilter {
+        let mut filter = ListFilter {
             status,
             playbook: (!req.playbook.is_empty()).then_some(req.playbook),
             submitted_by: (!req.submitted_by.is_empty()).then_some(req.submitted_by),
         };
+        if caller.scopes.jobs() == Visibility::Own {
+            // Only the caller's own jobs; asking for another client's finds none.
+            if filter.submitted_by.is_some() && filter.submitted_by != caller.name {
+                return Ok(Response::new(pb::ListJobsResponse::default()));
+            }
+            filter.submitted_by = caller.name.clone();
+        }
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
@@ -254,7 +324,8 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
+        caller.require(Action::Read)?;
         let deadline = grpc_deadline(request.metadata());
         let req = request.into_inner();
         let id = parse_job_id(&req.job_id)?;
@@ -267,6 +338,7 @@ impl JobService for JobApi {
             .get_job(id)
             .await?
             .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+        let job = caller.visible(job)?;
         let (tx, rx) = mpsc::channel(64);
         let producer = watch::produce(
             self.state.clone(),
@@ -291,17 +363,26 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Action::Cancel)?;
         let id = parse_job_id(&request.get_ref().job_id)?;
+        // Another client's job is NOT_FOUND to a caller that sees its own only.
+        caller.visible(self.state.current_job(id).await?)?;
         let mut changes = self.state.live.hub().subscribe(id);
         let now = crate::domain::to_micros(now());
-        let job = match self.state.store.cancel(id, now).await? {
+        let job = match self
+            .state
+            .store
+            .cancel(id, now, caller.name.as_deref())
+            .await?
+        {
             CancelOutcome::Canceled(job) => {
-                tracing::info!(job_id = %id, "pending job canceled");
+                tracing::info!(job_id = %id, client = caller.label(), "pending job canceled");
                 crate::live::announce(&self.state.live, &job).await;
                 job
             }
             CancelOutcome::Requested(job) => {
-                tracing::info!(job_id = %id, "cancel requested for a running job");
+                tracing::info!(job_id = %id, client = caller.label(), "cancel requested for a running job");
                 if let Err(e) = self.state.live.publish_cancel(id).await {
                     // The worker also sees the request when it renews its lease.
                     tracing::warn!(job_id = %id, error = %e, "publishing the cancel request");
@@ -332,8 +413,9 @@ impl JobService for JobApi {
 
     async fn list_playbooks(
         &self,
-        _request: Request<pb::ListPlaybooksRequest>,
+        request: Request<pb::ListPlaybooksRequest>,
     ) -> Result<Response<pb::ListPlaybooksResponse>, Status> {
+        let caller = caller(&request)?;
         let catalogue = self.state.catalogue.clone();
         let playbooks = tokio::task::spawn_blocking(move || catalogue.list())
             .await
@@ -341,6 +423,7 @@ impl JobService for JobApi {
         Ok(Response::new(pb::ListPlaybooksResponse {
             playbooks: playbooks
                 .into_iter()
+                .filter(|p| caller.scopes.may_run(&p.name))
                 .map(|p| pb::Playbook {
                     name: p.name,
                     description: p.description,

@@ -50,6 +50,24 @@ impl From<Error> for Status {
                 "RESOURCE_EXHAUSTED",
                 ErrorDetails::new(),
             ),
+            Error::QuotaExceeded {
+                subject,
+                description,
+                message,
+            } => {
+                let mut details = ErrorDetails::new();
+                details.add_quota_failure_violation(subject, description);
+                with_reason(Code::ResourceExhausted, message, "QUOTA_EXCEEDED", details)
+            }
+            Error::PermissionDenied { reason, message } => {
+                with_reason(Code::PermissionDenied, message, reason, ErrorDetails::new())
+            }
+            Error::RequestIdReused(message) => with_reason(
+                Code::AlreadyExists,
+                message,
+                "REQUEST_ID_REUSED",
+                ErrorDetails::new(),
+            ),
             Error::Unavailable { what, source } => {
                 tracing::warn!(error = %source, "{what} is unavailable");
                 let mut details = ErrorDetails::new();

@@ -115,8 +115,9 @@ impl Store {
     /// Commits a new job. When its request_id was seen before, returns the
     /// job that request created instead (and `false`).
     pub async fn insert_job(&self, job: &Job) -> Result<(Job, bool), Error> {
+        let scope = job.submitted_by.as_deref().unwrap_or_default();
         if let Some(request_id) = &job.request_id {
-            if let Some(existing) = self.find_by_request_id(request_id).await? {
+            if let Some(existing) = self.find_by_request_id(scope, request_id).await? {
                 return Ok((existing, false));
             }
         }
@@ -128,13 +129,42 @@ impl Store {
             Ok(_) => Ok((job.clone(), true)),
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 let request_id = job.request_id.as_deref().unwrap_or_default();
-                match self.find_by_request_id(request_id).await? {
+                match self.find_by_request_id(scope, request_id).await? {
                     Some(existing) => Ok((existing, false)),
                     None => Err(db_error("insert job", e)),
                 }
             }
             Err(e) => Err(db_error("insert job", e)),
         }
+    }
+
+    /// How many PENDING jobs a client (None: callers without keys) has,
+    /// counting no further than `up_to`.
+    pub async fn pending_of(&self, client: Option<&str>, up_to: u64) -> Result<u64, Error> {
+        let matching = jobs::Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::RequestScope.eq(client.unwrap_or_default()))
+            .filter(Column::Status.eq(JobStatus::Pending.as_str()))
+            .limit(up_to)
+            .into_query();
+        let count = Query::select()
+            .expr(Expr::col(Asterisk).count())
+            .from_subquery(matching, Alias::new("matching"))
+            .to_owned();
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one(backend.build(&count))
+            .await
+            .map_err(|e| db_error("count pending jobs", e))?;
+        let count: i64 = match row {
+            Some(row) => row
+                .try_get_by_index(0)
+                .map_err(|e| db_error("count pending jobs", e))?,
+            None => 0,
+        };
+        Ok(count.max(0) as u64)
     }
 
     /// Inserts many jobs in one statement (benchmarks fill the history so).
@@ -147,8 +177,15 @@ impl Store {
         Ok(())
     }
 
-    async fn find_by_request_id(&self, request_id: &str) -> Result<Option<Job>, Error> {
+    /// The job a client's request_id created (request ids are per client:
+    /// `scope` is the client's name, '' without keys).
+    pub async fn find_by_request_id(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<Job>, Error> {
         jobs::Entity::find()
+            .filter(Column::RequestScope.eq(scope))
             .filter(Column::RequestId.eq(request_id))
             .one(&self.db)
             .await
@@ -496,7 +533,13 @@ impl Store {
     }
 
     /// Cancels a job: at once when PENDING, by asking its worker when RUNNING.
-    pub async fn cancel(&self, id: Uuid, now: i64) -> Result<CancelOutcome, Error> {
+    /// `by` is the client that asked, recorded as `canceled_by`.
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        now: i64,
+        by: Option<&str>,
+    ) -> Result<CancelOutcome, Error> {
         // A job moves forward only, so a few rounds settle any race.
         for _ in 0..4 {
             let job = self
@@ -509,6 +552,7 @@ impl Store {
                         .col_expr(Column::Status, Expr::value(JobStatus::Canceled.as_str()))
                         .col_expr(Column::FinishedAt, Expr::value(now))
                         .col_expr(Column::CancelRequested, Expr::value(true))
+                        .col_expr(Column::CanceledBy, Expr::value(by))
                         .col_expr(Column::Error, Expr::value("canceled before it started"))
                         .col_expr(
                             Column::ErrorReason,
@@ -530,12 +574,17 @@ impl Store {
                 JobStatus::Running => {
                     let done = jobs::Entity::update_many()
                         .col_expr(Column::CancelRequested, Expr::value(true))
+                        .col_expr(Column::CanceledBy, Expr::value(by))
                         .filter(Column::Id.eq(id.to_string()))
                         .filter(Column::Status.eq(JobStatus::Running.as_str()))
                         .exec(&self.db)
                         .await
                         .map_err(|e| db_error("request cancel", e))?;
                     if done.rows_affected == 1 {
+                        let job = Job {
+                            canceled_by: by.map(str::to_owned),
+                            ..job
+                        };
                         return Ok(CancelOutcome::Requested(job));
                     }
                 }
@@ -743,6 +792,8 @@ fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         last_seq: Set(0),
         submitted_by: Set(job.submitted_by.clone()),
         has_secrets: Set(job.has_secrets),
+        canceled_by: Set(job.canceled_by.clone()),
+        request_scope: Set(job.submitted_by.clone().unwrap_or_default()),
     })
 }
 
@@ -787,6 +838,7 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
         attempt: row.attempt.max(0) as u32,
         submitted_by: row.submitted_by.clone(),
         has_secrets: row.has_secrets,
+        canceled_by: row.canceled_by.clone(),
     })
 }
 

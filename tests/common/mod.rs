@@ -4,8 +4,12 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod process;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use pki::Pki;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -38,6 +38,11 @@ pub struct Model {
     pub submitted_by: Option<String>,
     /// Secret extra vars were given (kept in the live state only).
     pub has_secrets: bool,
+    /// The client that asked to cancel the job.
+    pub canceled_by: Option<String>,
+    /// Whose request_id this is: the submitting client's name, '' without
+    /// keys. (request_scope, request_id) is unique.
+    pub request_scope: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

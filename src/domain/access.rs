@@ -1,0 +1,309 @@
+//! Who may do what: a caller (an API key's or a client certificate's client)
+//! and its scopes. Scopes say which playbooks a client may run (glob patterns
+//! over catalogue names), what it may do (`run`, `cancel`, `read`) and whose
+//! jobs it sees (`own` or `all`). A client without scopes may do everything,
+//! as before scopes existed.
+
+use std::fmt;
+use std::sync::Arc;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+use super::{Error, Job};
+
+/// What a call does, for the `actions` scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// SubmitJob.
+    Run,
+    /// CancelJob.
+    Cancel,
+    /// GetJob, ListJobs, WatchJob.
+    Read,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Run, Action::Cancel, Action::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Run => "run",
+            Action::Cancel => "cancel",
+            Action::Read => "read",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Action::Run => 1,
+            Action::Cancel => 2,
+            Action::Read => 4,
+        }
+    }
+}
+
+/// Whose jobs a client sees (and may cancel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Only the jobs it submitted; others' are NOT_FOUND to it.
+    Own,
+    /// Every job.
+    All,
+}
+
+/// What one client may do.
+#[derive(Clone)]
+pub struct Scopes {
+    /// Glob patterns of the playbooks it may run; None: every playbook.
+    playbooks: Option<(Vec<String>, GlobSet)>,
+    actions: u8,
+    jobs: Visibility,
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.words().join(" "))
+    }
+}
+
+impl PartialEq for Scopes {
+    fn eq(&self, other: &Self) -> bool {
+        self.words() == other.words()
+    }
+}
+
+impl Scopes {
+    /// Everything: a key without scopes, or a service without keys.
+    pub fn full() -> Scopes {
+        Scopes {
+            playbooks: None,
+            actions: Action::ALL.iter().map(|a| a.bit()).sum(),
+            jobs: Visibility::All,
+        }
+    }
+
+    /// Reads the scope words of a keys-file line: `playbooks=GLOB` (once per
+    /// pattern), `actions=run,cancel,read`, `jobs=own|all`. What a line does
+    /// not restrict stays unrestricted.
+    pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Scopes, String> {
+        let mut scopes = Scopes::full();
+        let mut patterns: Vec<String> = Vec::new();
+        let mut actions_given = false;
+        for word in words {
+            let (name, value) = word.split_once('=').ok_or_else(|| {
+                format!("scope {word:?}: expected playbooks=GLOB, actions=LIST or jobs=own|all")
+            })?;
+            match name {
+                "playbooks" => {
+                    glob(value)?;
+                    patterns.push(value.to_owned());
+                }
+                "actions" => {
+                    if !actions_given {
+                        scopes.actions = 0;
+                        actions_given = true;
+                    }
+                    for action in value.split(',') {
+                        let action = Action::ALL
+                            .into_iter()
+                            .find(|a| a.as_str() == action)
+                            .ok_or_else(|| {
+                                format!("action {action:?}: expected run, cancel or read")
+                            })?;
+                        scopes.actions |= action.bit();
+                    }
+                }
+                "jobs" => {
+                    scopes.jobs = match value {
+                        "own" => Visibility::Own,
+                        "all" => Visibility::All,
+                        _ => return Err(format!("jobs={value}: expected own or all")),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown scope {name:?}: expected playbooks, actions or jobs"
+                    ))
+                }
+            }
+        }
+        if !patterns.is_empty() {
+            let mut set = GlobSetBuilder::new();
+            for pattern in &patterns {
+                set.add(glob(pattern)?);
+            }
+            let set = set.build().map_err(|e| e.to_string())?;
+            scopes.playbooks = Some((patterns, set));
+        }
+        Ok(scopes)
+    }
+
+    /// The scope words, as `parse` reads them; empty for full scopes.
+    pub fn words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        if let Some((patterns, _)) = &self.playbooks {
+            words.extend(patterns.iter().map(|p| format!("playbooks={p}")));
+        }
+        if self.actions != Scopes::full().actions {
+            let actions: Vec<&str> = Action::ALL
+                .into_iter()
+                .filter(|a| self.allows(*a))
+                .map(Action::as_str)
+                .collect();
+            words.push(format!("actions={}", actions.join(",")));
+        }
+        if self.jobs == Visibility::Own {
+            words.push("jobs=own".into());
+        }
+        words
+    }
+
+    pub fn allows(&self, action: Action) -> bool {
+        self.actions & action.bit() != 0
+    }
+
+    /// Whether a catalogue playbook is one this client may run.
+    pub fn may_run(&self, playbook: &str) -> bool {
+        match &self.playbooks {
+            None => true,
+            Some((_, set)) => set.is_match(playbook),
+        }
+    }
+
+    pub fn jobs(&self) -> Visibility {
+        self.jobs
+    }
+}
+
+/// A catalogue-name pattern: `*` stays within a folder, `**` crosses them.
+fn glob(pattern: &str) -> Result<Glob, String> {
+    if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("playbooks={pattern:?}: a glob without whitespace"));
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("playbooks={pattern}: {e}"))
+}
+
+/// Who is calling: the client of an API key or a client certificate (None
+/// when the service runs without keys), and what it may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Option<String>,
+    pub scopes: Arc<Scopes>,
+}
+
+impl Caller {
+    /// A caller of a service without keys: no name, every scope.
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: None,
+            scopes: Arc::new(Scopes::full()),
+        }
+    }
+
+    pub fn named(name: &str, scopes: Arc<Scopes>) -> Caller {
+        Caller {
+            name: Some(name.to_owned()),
+            scopes,
+        }
+    }
+
+    /// The name limits and logs use for this caller.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("anonymous")
+    }
+
+    /// PERMISSION_DENIED unless the caller's scopes allow `action`.
+    pub fn require(&self, action: Action) -> Result<(), Error> {
+        if self.scopes.allows(action) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            reason: "ACTION_NOT_PERMITTED",
+            message: format!(
+                "client {} may not {} jobs (its key's actions: {})",
+                self.label(),
+                action.as_str(),
+                Action::ALL
+                    .into_iter()
+                    .filter(|a| self.scopes.allows(*a))
+                    .map(Action::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
+    /// PERMISSION_DENIED unless the caller may run this playbook.
+    pub fn require_playbook(&self, playbook: &str) -> Result<(), Error> {
+        if self.scopes.may_run(playbook) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            reason: "PLAYBOOK_NOT_PERMITTED",
+            message: format!("client {} may not run playbook {playbook:?}", self.label()),
+        })
+    }
+
+    /// Whether the caller sees this job: every job, or only its own.
+    pub fn sees(&self, job: &Job) -> bool {
+        match self.scopes.jobs() {
+            Visibility::All => true,
+            Visibility::Own => job.submitted_by == self.name,
+        }
+    }
+
+    /// The job if the caller sees it; NOT_FOUND (as if it did not exist)
+    /// otherwise.
+    pub fn visible(&self, job: Job) -> Result<Job, Error> {
+        if self.sees(&job) {
+            Ok(job)
+        } else {
+            Err(Error::JobNotFound(job.id.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_print_back() {
+        let scopes = Scopes::parse([
+            "playbooks=deploy/*.yml",
+            "playbooks=hello.yml",
+            "actions=run,read",
+            "jobs=own",
+        ])
+        .unwrap();
+        assert!(scopes.may_run("deploy/web.yml"));
+        assert!(scopes.may_run("hello.yml"));
+        assert!(
+            !scopes.may_run("deploy/sub/web.yml"),
+            "* stays in its folder"
+        );
+        assert!(!scopes.may_run("multi.yml"));
+        assert!(scopes.allows(Action::Run) && scopes.allows(Action::Read));
+        assert!(!scopes.allows(Action::Cancel));
+        assert_eq!(scopes.jobs(), Visibility::Own);
+        let words = scopes.words();
+        assert_eq!(
+            Scopes::parse(words.iter().map(String::as_str)).unwrap(),
+            scopes
+        );
+        assert!(Scopes::full().words().is_empty());
+        for bad in [
+            "actions=delete",
+            "jobs=some",
+            "colour=red",
+            "playbooks=",
+            "playbooks=a[",
+            "x",
+        ] {
+            assert!(Scopes::parse([bad]).is_err(), "{bad} accepted");
+        }
+    }
+}
