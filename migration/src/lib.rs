@@ -11,6 +11,7 @@ mod m20261129_000002_index_runs;
 mod m20261129_000003_jobs_last_seq;
 mod m20261129_000004_access;
 mod m20261129_000005_exact_match;
+mod m20261202_000002_queues;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_jobs_last_seq::Migration),
             Box::new(m20261129_000004_access::Migration),
             Box::new(m20261129_000005_exact_match::Migration),
+            Box::new(m20261202_000002_queues::Migration),
         ]
     }
 }

@@ -215,6 +215,13 @@ pub struct Job {
     /// The job came with secret extra vars.
     #[serde(default)]
     pub has_secrets: bool,
+    /// The queue (worker group) whose workers may run the job.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+fn default_queue() -> String {
+    crate::domain::validate::DEFAULT_QUEUE.to_owned()
 }
 
 impl Job {
@@ -234,6 +241,7 @@ impl Job {
             attempt: self.attempt,
             submitted_by: self.submitted_by.clone(),
             has_secrets: self.has_secrets,
+            queue: self.queue.clone(),
         }
     }
 
@@ -248,6 +256,7 @@ impl Job {
             id: Uuid::now_v7(),
             submitted_by,
             has_secrets: false,
+            queue: default_queue(),
             request_id,
             status: JobStatus::Pending,
             spec,

@@ -142,6 +142,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         attempt: job.attempt,
         submitted_by: job.submitted_by.clone().unwrap_or_default(),
         has_secret_extra_vars: job.has_secrets,
+        queue: job.queue.clone(),
     }
 }
 
@@ -194,6 +195,7 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
             .secret_extra_vars
             .map(struct_to_json)
             .unwrap_or_default(),
+        queue: req.queue,
     }
 }
 

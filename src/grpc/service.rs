@@ -158,6 +158,7 @@ impl JobService for JobApi {
         self.state.catalogue.resolve(&valid.spec.playbook)?;
         let mut job = Job::new(valid.spec, valid.request_id, caller.0.clone(), now());
         job.has_secrets = !valid.secrets.is_empty();
+        job.queue = valid.queue;
         let (job, created) = self.state.store.insert_job(&job).await?;
         if created {
             tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.name(), "job submitted");
@@ -216,6 +217,11 @@ impl JobService for JobApi {
                 ),
             ));
         }
+        if !req.queue.is_empty() {
+            if let Err(e) = validate::queue_name(&req.queue) {
+                violations.push(crate::domain::FieldViolation::new("queue", e));
+            }
+        }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations).into());
         }
@@ -223,6 +229,7 @@ impl JobService for JobApi {
             status,
             playbook: (!req.playbook.is_empty()).then_some(req.playbook),
             submitted_by: (!req.submitted_by.is_empty()).then_some(req.submitted_by),
+            queue: (!req.queue.is_empty()).then_some(req.queue),
         };
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,

@@ -38,6 +38,8 @@ pub struct Model {
     pub submitted_by: Option<String>,
     /// Secret extra vars were given (kept in the live state only).
     pub has_secrets: bool,
+    /// The queue (worker group) whose workers may run the job.
+    pub queue: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
