@@ -18,7 +18,8 @@ use crate::pb::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, ListFilter};
 
 const DEFAULT_PAGE_SIZE: i32 = 20;
-/// Longest a submit waits for the live state after its commit.
+/// Longest a submit waits for the live state after its commit, and a read
+/// before it asks the history.
 const LIVE_WRITE_WAIT: Duration = Duration::from_secs(1);
 
 /// Fault-injection hook for the crash tests: when ARS_CRASH_AT names this
@@ -119,7 +120,13 @@ impl AppState {
     /// The job's current state: the live state first, then the history
     /// (which also refills the live state).
     pub async fn current_job(&self, id: Uuid) -> Result<Job, Error> {
-        match self.live.get_job(id).await {
+        // While Redis is unreachable (a restart, a Sentinel failover) its
+        // client queues commands until its own timeout; reads go to the
+        // history after LIVE_WRITE_WAIT instead.
+        let live = tokio::time::timeout(LIVE_WRITE_WAIT, self.live.get_job(id))
+            .await
+            .unwrap_or_else(|_| Err(crate::live::LiveError("timed out".into())));
+        match live {
             Ok(Some(live)) => {
                 let mut job = live.job;
                 if live.stdout_in_history {
@@ -139,8 +146,10 @@ impl AppState {
             .get_job(id)
             .await?
             .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
-        if let Err(e) = self.live.put_job(&job).await {
-            tracing::debug!(job_id = %id, error = %e, "refilling the live state");
+        match tokio::time::timeout(LIVE_WRITE_WAIT, self.live.put_job(&job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(job_id = %id, error = %e, "refilling the live state"),
+            Err(_) => tracing::debug!(job_id = %id, "refilling the live state timed out"),
         }
         Ok(job)
     }
