@@ -18,8 +18,8 @@ use common::*;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio::sync::Mutex;
 
-const JOBS: usize = 40;
-const SPACING: Duration = Duration::from_millis(150);
+const JOBS: usize = 30;
+const SPACING: Duration = Duration::from_millis(200);
 /// Every job is terminal this long after the last submit.
 const TERMINAL_BOUND: Duration = Duration::from_secs(50);
 const WORKERS: usize = 3;
@@ -93,13 +93,15 @@ async fn chaos_every_job_ends_once_and_keeps_its_place() {
         }
         (acknowledged, tokio::time::Instant::now())
     };
-    // Meanwhile: worker kills at random moments, and once (one to three
-    // faults in) Redis down for REDIS_DOWN, back empty.
+    // Meanwhile: worker kills at random moments, and once (as the first or
+    // second fault) Redis down for REDIS_DOWN, back empty.
     let mut rng = Rng(seed);
     let mut kills = 0;
     let mut outage = None;
     let chaos = async {
-        let outage_step = 1 + rng.below(3);
+        // Within the first 5 s: the submits last at least JOBS × SPACING (6 s)
+        // and each one during the outage 1 s more.
+        let outage_step = rng.below(2);
         for step in 0.. {
             tokio::time::sleep(Duration::from_millis(1000 + rng.below(1500))).await;
             if step == outage_step {
