@@ -202,3 +202,65 @@ impl LiveState for MemoryLive {
 
     async fn close(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::MemoryLive;
+    use crate::live::{LiveState, Queued};
+
+    fn queued(queue: &str, created_at: i64) -> Queued {
+        Queued {
+            id: Uuid::now_v7(),
+            queue: queue.into(),
+            created_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_take_comes_back_in_its_place_once() {
+        let live = MemoryLive::new();
+        let (early, late, other) = (queued("a", 1), queued("a", 3), queued("b", 2));
+        let all = [early.clone(), late.clone(), other.clone()];
+        assert_eq!(live.dispatch(&all).await.unwrap().len(), 3);
+        assert!(live.dispatch(&all).await.unwrap().is_empty(), "idempotent");
+
+        let queues = ["a".to_owned(), "b".to_owned()];
+        let wait = Duration::from_millis(10);
+        // The taker dies without settling: the job is held, not queued again.
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(early.id)
+        );
+        assert!(live.dispatch(&all).await.unwrap().is_empty());
+        assert!(live
+            .reclaim(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(live.reclaim(Duration::ZERO).await.unwrap(), vec![early.id]);
+        // Queued again, it goes back ahead of the later jobs of every queue.
+        assert_eq!(live.dispatch(&all).await.unwrap(), vec![early.id]);
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(early.id)
+        );
+        live.settle(early.id).await.unwrap();
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(other.id)
+        );
+        assert_eq!(
+            live.next_dispatched(&["b".to_owned()], wait).await.unwrap(),
+            None,
+            "a worker takes from its own queues only"
+        );
+        assert_eq!(
+            live.queue_depths().await.unwrap(),
+            vec![("a".to_owned(), 1), ("b".to_owned(), 0)]
+        );
+    }
+}
