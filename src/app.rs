@@ -30,6 +30,8 @@ pub struct Settings {
     pub playbooks_dir: PathBuf,
     /// Jobs run at once by this process; 0 for an API server only.
     pub workers: usize,
+    /// The queues (worker groups) this process's workers take jobs from.
+    pub queues: Vec<String>,
     pub ansible_playbook: PathBuf,
     /// How playbooks are started: a warm Python process per worker slot, or
     /// a plain `ansible-playbook` per job.
@@ -73,6 +75,7 @@ impl Settings {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            queues: vec![crate::live::DEFAULT_QUEUE.to_owned()],
             ansible_playbook: PathBuf::from("ansible-playbook"),
             executor: ExecutorKind::Warm,
             limits: Limits::default(),
@@ -344,6 +347,7 @@ pub async fn run_workers(
                 lease: settings.lease,
                 shutdown_grace: settings.shutdown_grace,
             },
+            settings.queues.clone(),
         );
         worker.run(settings.workers, shutdown.clone()).await;
     } else {

@@ -72,6 +72,13 @@ pub struct PruneArgs {
     pub redis_prefix: String,
 }
 
+/// A queue name, as SubmitJob accepts it.
+fn parse_queue(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    crate::domain::validate::queue_name(name)?;
+    Ok(name.to_owned())
+}
+
 /// "30d", "12h", "90m", "45s" as a duration.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -217,6 +224,9 @@ pub struct RunArgs {
     /// Jobs this process runs at once (default: the number of cores); 0 with `serve` for an API server only.
     #[arg(long, env = "WORKER_CONCURRENCY")]
     pub workers: Option<usize>,
+    /// Queues (worker groups) this process's workers take jobs from, comma-separated.
+    #[arg(long, env = "WORKER_QUEUES", value_delimiter = ',', default_value = "default", value_parser = parse_queue)]
+    pub queues: Vec<String>,
     /// ansible-playbook to run: a path, or a name looked up on PATH.
     #[arg(long, env = "ANSIBLE_PLAYBOOK", default_value = "ansible-playbook")]
     pub ansible_playbook: PathBuf,
@@ -229,7 +239,7 @@ pub struct RunArgs {
     /// Seconds between two sweeps (lost workers, lost dispatches).
     #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 5)]
     pub sweep_interval_seconds: u64,
-    /// Seconds a PENDING job may wait, while nothing is queued, before it is taken as lost and dispatched again.
+    /// Seconds after which a PENDING job the dispatch does not hold, or a dispatched job a worker took and never claimed, is taken as lost and queued again in its place.
     #[arg(long, env = "REDISPATCH_AFTER_SECONDS", default_value_t = 10)]
     pub redispatch_after_seconds: u64,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
@@ -270,6 +280,7 @@ impl RunArgs {
                     .map(|n| n.get())
                     .unwrap_or(2)
             }),
+            queues: self.queues.clone(),
             ansible_playbook: self.ansible_playbook.clone(),
             executor: self.executor,
             limits: Limits {

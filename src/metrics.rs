@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -26,7 +27,8 @@ pub struct Metrics {
     pub jobs_submitted: Counter,
     pub jobs_finished: Family<Labels, Counter>,
     pub jobs_running: Gauge,
-    pub queue_depth: Gauge,
+    pub queue_depth: Family<Labels, Gauge>,
+    pub oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
     pub job_duration: Histogram,
     pub rpc_duration: Family<Labels, Histogram>,
     pub watch_streams: Gauge,
@@ -45,7 +47,8 @@ impl Metrics {
             jobs_submitted: Counter::default(),
             jobs_finished: Family::default(),
             jobs_running: Gauge::default(),
-            queue_depth: Gauge::default(),
+            queue_depth: Family::default(),
+            oldest_pending: Family::default(),
             job_duration: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
             rpc_duration: Family::new_with_constructor(rpc_histogram),
             watch_streams: Gauge::default(),
@@ -75,8 +78,13 @@ impl Metrics {
         );
         registry.register(
             "queue_depth",
-            "Dispatched jobs no worker has taken yet (as last swept)",
+            "Dispatched jobs no worker has taken yet, by queue (as last swept)",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "oldest_pending_seconds",
+            "Age of the oldest PENDING job in the history, by queue (as last swept; 0: none)",
+            metrics.oldest_pending.clone(),
         );
         registry.register(
             "job_duration_seconds",
@@ -95,7 +103,7 @@ impl Metrics {
         );
         registry.register(
             "sweeper_actions",
-            "What the sweeper did, by action",
+            "What the sweeper did, by action: worker_lost, reclaimed (a taken dispatch its worker never settled), redispatched (a PENDING job queued again)",
             metrics.sweeper_actions.clone(),
         );
         Metrics {

@@ -226,7 +226,8 @@ async fn metrics_are_scraped_and_parse() {
         "{text}"
     );
     assert!(sample(&text, "ars_watch_streams_open").is_some());
-    assert!(sample(&text, "ars_queue_depth").is_some());
+    assert!(sample(&text, r#"ars_queue_depth{queue="default"}"#).is_some());
+    assert!(sample(&text, r#"ars_oldest_pending_seconds{queue="default"}"#).is_some());
     assert!(text.contains("ars_sweeper_actions_total"));
     assert!(text.trim_end().ends_with("# EOF"));
     server.stop().await;

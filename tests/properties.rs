@@ -62,6 +62,7 @@ proptest! {
             timeout_seconds: timeout,
             request_id: String::new(),
             secret_extra_vars: serde_json::Map::new(),
+            queue: String::new(),
         };
         if let Ok(valid) = validate::submission(submission, &Limits::default()) {
             let o = &valid.spec.options;

@@ -6,9 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use ansible_runner_service::live::Queued;
 use ansible_runner_service::pb::{self, ListJobsRequest};
 use common::*;
 use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 async fn lost_worker_ends_worker_lost(backend: Backend) {
@@ -66,10 +68,24 @@ async fn duplicate_deliveries_run_a_job_once(backend: Backend) {
     let mut jobs = Vec::new();
     for _ in 0..6 {
         let job = submit(&mut client, request("hello.yml")).await;
-        let id = job.job_id.parse().unwrap();
-        // Deliver every job twice more.
-        first.state.live.dispatch(id).await.unwrap();
-        first.state.live.dispatch(id).await.unwrap();
+        let id: uuid::Uuid = job.job_id.parse().unwrap();
+        // Deliver every job twice more, wherever it is by then (waiting,
+        // taken, running): a live state that lost track of it queues it.
+        let created = job.created_at.unwrap();
+        let queued = Queued {
+            id,
+            queue: "default".into(),
+            created_at: created.seconds * 1_000_000 + i64::from(created.nanos) / 1000,
+        };
+        for _ in 0..2 {
+            first.state.live.settle(id).await.unwrap();
+            first
+                .state
+                .live
+                .dispatch(std::slice::from_ref(&queued))
+                .await
+                .unwrap();
+        }
         jobs.push(job);
     }
     for job in &jobs {
@@ -136,7 +152,7 @@ async fn pending_job_lost_from_the_dispatch_still_runs() {
     let prefix = &history.settings.redis_prefix;
     let _: i64 = redis
         .del(vec![
-            format!("{prefix}:dispatch"),
+            format!("{prefix}:q:default"),
             format!("{prefix}:job:{}", job.job_id),
         ])
         .await
@@ -162,8 +178,8 @@ async fn unreachable_database_is_unavailable_and_recovers() {
     submit(&mut client, request("hello.yml")).await;
 
     let redis = history.redis().await;
-    let queue = format!("{}:dispatch", settings.redis_prefix);
-    let queued_before: u64 = redis.llen(&queue).await.unwrap();
+    let queue = format!("{}:q:default", settings.redis_prefix);
+    let queued_before: u64 = redis.zcard(&queue).await.unwrap();
 
     proxy.cut();
     let err = client.submit_job(request("hello.yml")).await.unwrap_err();
@@ -174,7 +190,7 @@ async fn unreachable_database_is_unavailable_and_recovers() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    let queued_after: u64 = redis.llen(&queue).await.unwrap();
+    let queued_after: u64 = redis.zcard(&queue).await.unwrap();
     assert_eq!(queued_before, queued_after, "nothing reached Redis");
 
     proxy.restore();
@@ -237,7 +253,100 @@ async fn running_job_survives_a_brief_database_outage() {
     server.stop().await;
 }
 
+/// Starts one worker slot (and a sweeper) on the server's own live state,
+/// as a worker process sharing it would; stopped through the token.
+fn start_worker(
+    server: &TestServer,
+    settings: &ansible_runner_service::app::Settings,
+    workers: usize,
+    queues: &[&str],
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut settings = settings.clone();
+    settings.workers = workers;
+    settings.queues = queues.iter().map(|q| q.to_string()).collect();
+    let stop = CancellationToken::new();
+    let state = server.state.clone();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        ansible_runner_service::app::run_workers(state, &settings, token)
+            .await
+            .expect("workers");
+    });
+    (stop, handle)
+}
+
+fn sweeper_actions(action: &str) -> u64 {
+    ansible_runner_service::metrics::get()
+        .sweeper_actions
+        .get_or_create(&vec![("action".into(), action.into())])
+        .get()
+}
+
+/// A worker takes a job and dies before claiming it (here the test takes it
+/// and walks away). The entry comes back: the job runs within
+/// REDISPATCH_AFTER_SECONDS plus a sweep (plus the run ahead of it on the
+/// one worker slot), ahead of the 100 jobs submitted after it, which wait.
+async fn job_taken_by_a_dead_worker_runs_while_a_backlog_waits(backend: Backend) {
+    let mut history = History::new(backend).await;
+    history.settings.workers = 0;
+    let api = TestServer::start(&history.settings).await;
+    let mut client = api.client.clone();
+    let lost = submit(&mut client, request("hello.yml")).await;
+    let taken = api
+        .state
+        .live
+        .next_dispatched(&["default".to_owned()], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let taken_at = chrono::Utc::now();
+    assert_eq!(
+        taken,
+        Some(lost.job_id.parse().unwrap()),
+        "the dead worker took it"
+    );
+    let mut backlog = Vec::new();
+    for _ in 0..100 {
+        backlog.push(submit(&mut client, request("hello.yml")).await.job_id);
+    }
+
+    let (stop, worker) = start_worker(&api, &history.settings, 1, &["default"]);
+    let done = wait_terminal(&mut client, &lost.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    assert_eq!(done.attempt, 1);
+    let started = done.started_at.unwrap();
+    let started = chrono::DateTime::from_timestamp(started.seconds, started.nanos as u32).unwrap();
+    // The bound: REDISPATCH_AFTER (2 s) + a sweep (1 s), plus 5 s for the
+    // one run ahead of it and its own start.
+    let bound = history.settings.redispatch_after
+        + history.settings.sweep_interval
+        + Duration::from_secs(5);
+    let waited = (started - taken_at).to_std().unwrap_or_default();
+    assert!(
+        waited <= bound,
+        "ran {waited:?} after it was taken; bound {bound:?}"
+    );
+    stop.cancel();
+    worker.await.unwrap();
+
+    // It did not wait for the backlog: most of it was still waiting.
+    let mut waiting = 0;
+    for id in &backlog {
+        let job = get(&mut client, id).await;
+        let later = job.started_at.is_none_or(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap() > started
+        });
+        waiting += usize::from(later);
+    }
+    assert!(
+        waiting >= 50,
+        "only {waiting} of 100 later jobs still waited"
+    );
+    assert!(sweeper_actions("reclaimed") >= 1, "the reclaim is counted");
+    api.stop().await;
+}
+
 on_both_backends!(
     lost_worker_ends_worker_lost,
-    duplicate_deliveries_run_a_job_once
+    duplicate_deliveries_run_a_job_once,
+    job_taken_by_a_dead_worker_runs_while_a_backlog_waits,
 );

@@ -12,6 +12,7 @@ mod m20261129_000003_jobs_last_seq;
 mod m20261129_000004_access;
 mod m20261129_000005_exact_match;
 mod m20261202_000001_client_scopes;
+mod m20261202_000002_queues;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_access::Migration),
             Box::new(m20261129_000005_exact_match::Migration),
             Box::new(m20261202_000001_client_scopes::Migration),
+            Box::new(m20261202_000002_queues::Migration),
         ]
     }
 }

@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Stop the run after this many seconds.
     #[arg(long)]
     pub timeout: Option<u32>,
+    /// The queue (worker group) to run on; unset: "default".
+    #[arg(long)]
+    pub queue: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +107,9 @@ pub struct ListArgs {
     pub status: Option<String>,
     #[arg(long)]
     pub playbook: Option<String>,
+    /// Only jobs of this queue (worker group).
+    #[arg(long)]
+    pub queue: Option<String>,
     /// How many jobs to show.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
@@ -236,6 +242,7 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
                         page_size: (list.limit - jobs.len()).min(100) as i32,
                         page_token: token,
                         submitted_by: String::new(),
+                        queue: list.queue.clone().unwrap_or_default(),
                     }))
                     .await?
                     .into_inner();
@@ -318,6 +325,7 @@ fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
         timeout_seconds: run.timeout.unwrap_or(0),
         request_id: String::new(),
         secret_extra_vars: None,
+        queue: run.queue.clone().unwrap_or_default(),
     })
 }
 

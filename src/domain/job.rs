@@ -218,6 +218,13 @@ pub struct Job {
     /// The client that asked to cancel the job, if one did.
     #[serde(default)]
     pub canceled_by: Option<String>,
+    /// The queue (worker group) whose workers may run the job.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+fn default_queue() -> String {
+    crate::domain::validate::DEFAULT_QUEUE.to_owned()
 }
 
 impl Job {
@@ -238,6 +245,7 @@ impl Job {
             submitted_by: self.submitted_by.clone(),
             has_secrets: self.has_secrets,
             canceled_by: self.canceled_by.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -253,6 +261,7 @@ impl Job {
             submitted_by,
             has_secrets: false,
             canceled_by: None,
+            queue: default_queue(),
             request_id,
             status: JobStatus::Pending,
             spec,

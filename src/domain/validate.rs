@@ -55,6 +55,8 @@ pub struct Submission {
     pub timeout_seconds: u32,
     pub request_id: String,
     pub secret_extra_vars: Map<String, Value>,
+    /// The queue (worker group) to run on; empty for the default.
+    pub queue: String,
 }
 
 /// A submission that passed every rule.
@@ -63,9 +65,32 @@ pub struct Validated {
     pub spec: JobSpec,
     pub request_id: Option<String>,
     pub secrets: Map<String, Value>,
+    pub queue: String,
 }
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// The queue a job goes to when its request names none.
+pub const DEFAULT_QUEUE: &str = "default";
+pub const MAX_QUEUE_NAME_BYTES: usize = 64;
+
+/// A queue (worker group) name: 1 to 64 ASCII letters, digits, `_`, `-` or
+/// `.`, starting with a letter or digit. Names reach Redis keys and metric
+/// labels, so they stay plain.
+pub fn queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_QUEUE_NAME_BYTES {
+        return Err(format!(
+            "must be 1 to {MAX_QUEUE_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.chars().all(plain) {
+        return Err(format!(
+            "{name:?}: use ASCII letters, digits, '_', '-' and '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
 pub const MAX_PLAYBOOK_NAME_BYTES: usize = 255;
 
 /// Checks a submission and returns the spec to store, or every violation.
@@ -80,6 +105,9 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
 
     check("playbook", playbook_name(&sub.playbook));
     check("request_id", request_id(&sub.request_id));
+    if !sub.queue.is_empty() {
+        check("queue", queue_name(&sub.queue));
+    }
     check("options.limit", pattern(&sub.options.limit, true));
     for (i, tag) in sub.options.tags.iter().enumerate() {
         check(&format!("options.tags[{i}]"), tag_name(tag));
@@ -157,6 +185,11 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
                 },
                 request_id,
                 secrets: sub.secret_extra_vars,
+                queue: if sub.queue.is_empty() {
+                    DEFAULT_QUEUE.to_owned()
+                } else {
+                    sub.queue
+                },
             })
         }
         _ => Err(Error::InvalidArgument(violations)),

@@ -143,6 +143,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         submitted_by: job.submitted_by.clone().unwrap_or_default(),
         has_secret_extra_vars: job.has_secrets,
         canceled_by: job.canceled_by.clone().unwrap_or_default(),
+        queue: job.queue.clone(),
     }
 }
 
@@ -195,6 +196,7 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
             .secret_extra_vars
             .map(struct_to_json)
             .unwrap_or_default(),
+        queue: req.queue,
     }
 }
 

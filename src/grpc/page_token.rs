@@ -29,13 +29,19 @@ fn hex(text: &str) -> String {
 }
 
 /// The filters, hex-encoded so the separators stay unambiguous.
+/// A queue filter is appended only when set, so tokens issued before queues
+/// existed stay valid.
 fn fingerprint(filter: &ListFilter) -> String {
-    format!(
+    let mut text = format!(
         "{}.{}.{}",
         filter.status.map(|s| s.as_str()).unwrap_or("-"),
         hex(filter.playbook.as_deref().unwrap_or_default()),
         hex(filter.submitted_by.as_deref().unwrap_or_default())
-    )
+    );
+    if let Some(queue) = &filter.queue {
+        text.push_str(&format!(".q{}", hex(queue)));
+    }
+    text
 }
 
 fn mac(key: &[u8], payload: &[u8]) -> Hmac<Sha256> {
@@ -113,6 +119,7 @@ mod tests {
             status: Some(JobStatus::Failed),
             playbook: Some("hello.yml".into()),
             submitted_by: Some("ci".into()),
+            queue: None,
         };
         let token = PageToken::new(
             Cursor {
@@ -124,6 +131,11 @@ mod tests {
         let encoded = token.encode(key);
         assert_eq!(PageToken::decode(&encoded, &filter, key).unwrap(), token);
         assert!(PageToken::decode(&encoded, &ListFilter::default(), key).is_err());
+        let other_queue = ListFilter {
+            queue: Some("net".into()),
+            ..filter.clone()
+        };
+        assert!(PageToken::decode(&encoded, &other_queue, key).is_err());
         assert!(PageToken::decode(&encoded, &filter, b"other key").is_err());
         assert!(PageToken::decode("garbage!", &filter, key).is_err());
 

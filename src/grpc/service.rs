@@ -17,7 +17,8 @@ use crate::pb::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, ListFilter};
 
 const DEFAULT_PAGE_SIZE: i32 = 20;
-/// Longest a submit waits for the live state after its commit.
+/// Longest a submit waits for the live state after its commit, and a read
+/// before it asks the history.
 const LIVE_WRITE_WAIT: Duration = Duration::from_secs(1);
 
 /// Fault-injection hook for the crash tests: when ARS_CRASH_AT names this
@@ -89,7 +90,10 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 /// The job an earlier submission with the same request_id created, if that
 /// submission asked for the same thing (AIP-155); ALREADY_EXISTS otherwise.
 fn same_request(existing: Job, new: &Job) -> Result<Job, Error> {
-    if existing.spec == new.spec && existing.has_secrets == new.has_secrets {
+    if existing.spec == new.spec
+        && existing.has_secrets == new.has_secrets
+        && existing.queue == new.queue
+    {
         return Ok(existing);
     }
     Err(Error::RequestIdReused(format!(
@@ -158,7 +162,13 @@ impl AppState {
     /// The job's current state: the live state first, then the history
     /// (which also refills the live state).
     pub async fn current_job(&self, id: Uuid) -> Result<Job, Error> {
-        match self.live.get_job(id).await {
+        // While Redis is unreachable (a restart, a Sentinel failover) its
+        // client queues commands until its own timeout; reads go to the
+        // history after LIVE_WRITE_WAIT instead.
+        let live = tokio::time::timeout(LIVE_WRITE_WAIT, self.live.get_job(id))
+            .await
+            .unwrap_or_else(|_| Err(crate::live::LiveError("timed out".into())));
+        match live {
             Ok(Some(live)) => {
                 let mut job = live.job;
                 if live.stdout_in_history {
@@ -178,8 +188,10 @@ impl AppState {
             .get_job(id)
             .await?
             .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
-        if let Err(e) = self.live.put_job(&job).await {
-            tracing::debug!(job_id = %id, error = %e, "refilling the live state");
+        match tokio::time::timeout(LIVE_WRITE_WAIT, self.live.put_job(&job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(job_id = %id, error = %e, "refilling the live state"),
+            Err(_) => tracing::debug!(job_id = %id, "refilling the live state timed out"),
         }
         Ok(job)
     }
@@ -199,6 +211,7 @@ impl JobService for JobApi {
         self.state.catalogue.resolve(&valid.spec.playbook)?;
         let mut job = Job::new(valid.spec, valid.request_id, caller.name.clone(), now());
         job.has_secrets = !valid.secrets.is_empty();
+        job.queue = valid.queue;
         // A retry of a request already taken gets its job, quota or not.
         if let Some(request_id) = &job.request_id {
             let scope = caller.name.as_deref().unwrap_or_default();
@@ -279,6 +292,11 @@ impl JobService for JobApi {
                 ),
             ));
         }
+        if !req.queue.is_empty() {
+            if let Err(e) = validate::queue_name(&req.queue) {
+                violations.push(crate::domain::FieldViolation::new("queue", e));
+            }
+        }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations).into());
         }
@@ -286,6 +304,7 @@ impl JobService for JobApi {
             status,
             playbook: (!req.playbook.is_empty()).then_some(req.playbook),
             submitted_by: (!req.submitted_by.is_empty()).then_some(req.submitted_by),
+            queue: (!req.queue.is_empty()).then_some(req.queue),
         };
         if caller.scopes.jobs() == Visibility::Own {
             // Only the caller's own jobs; asking for another client's finds none.

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,16 +8,25 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, JOB_TTL};
+use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, Queued, JOB_TTL};
 use crate::domain::Job;
 
 type Secrets = Map<String, Value>;
 
+/// The dispatch: each queue's waiting jobs in order of submission, and the
+/// jobs workers took and have not settled yet (with when they took them).
+#[derive(Default)]
+struct Dispatch {
+    queues: HashMap<String, BTreeSet<(i64, Uuid)>>,
+    taken: HashMap<Uuid, Instant>,
+}
+
 /// The embedded default: live state for a single process, no server needed.
+/// Its dispatch keeps the guarantees of the Redis one (see `redis.rs`).
 #[derive(Default)]
 pub struct MemoryLive {
     jobs: Mutex<HashMap<Uuid, (LiveJob, Instant)>>,
-    queue: Mutex<VecDeque<Uuid>>,
+    dispatch: Mutex<Dispatch>,
     secrets: Mutex<HashMap<Uuid, (Secrets, Instant)>>,
     queued: Notify,
     hub: Hub,
@@ -65,20 +74,60 @@ impl LiveState for MemoryLive {
         Ok(())
     }
 
-    async fn dispatch(&self, id: Uuid) -> Result<(), LiveError> {
-        Self::lock(&self.queue).push_back(id);
-        self.queued.notify_one();
-        Ok(())
+    async fn dispatch(&self, jobs: &[Queued]) -> Result<Vec<Uuid>, LiveError> {
+        let mut added = Vec::new();
+        {
+            let states = Self::lock(&self.jobs);
+            let mut dispatch = Self::lock(&self.dispatch);
+            let now = Instant::now();
+            for job in jobs {
+                let started = states
+                    .get(&job.id)
+                    .is_some_and(|(live, expires)| *expires > now && live.job.status.rank() > 0);
+                let Dispatch { queues, taken } = &mut *dispatch;
+                let queue = queues.entry(job.queue.clone()).or_default();
+                let place = (job.created_at, job.id);
+                if started || taken.contains_key(&job.id) || queue.contains(&place) {
+                    continue;
+                }
+                queue.insert(place);
+                added.push(job.id);
+            }
+        }
+        if !added.is_empty() {
+            self.queued.notify_waiters();
+        }
+        Ok(added)
     }
 
-    async fn next_dispatched(&self, wait: Duration) -> Result<Option<Uuid>, LiveError> {
+    async fn next_dispatched(
+        &self,
+        queues: &[String],
+        wait: Duration,
+    ) -> Result<Option<Uuid>, LiveError> {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.queued.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(id) = Self::lock(&self.queue).pop_front() {
-                return Ok(Some(id));
+            {
+                let mut dispatch = Self::lock(&self.dispatch);
+                let Dispatch {
+                    queues: waiting,
+                    taken,
+                } = &mut *dispatch;
+                let oldest = queues
+                    .iter()
+                    .filter_map(|name| Some((waiting.get(name)?.first()?, name)))
+                    .min()
+                    .map(|(place, name)| (*place, name.clone()));
+                if let Some((place, name)) = oldest {
+                    if let Some(queue) = waiting.get_mut(&name) {
+                        queue.remove(&place);
+                    }
+                    taken.insert(place.1, Instant::now());
+                    return Ok(Some(place.1));
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(None);
@@ -86,8 +135,35 @@ impl LiveState for MemoryLive {
         }
     }
 
-    async fn queue_len(&self) -> Result<u64, LiveError> {
-        Ok(Self::lock(&self.queue).len() as u64)
+    async fn settle(&self, id: Uuid) -> Result<(), LiveError> {
+        Self::lock(&self.dispatch).taken.remove(&id);
+        Ok(())
+    }
+
+    async fn reclaim(&self, idle: Duration) -> Result<Vec<Uuid>, LiveError> {
+        let now = Instant::now();
+        let mut dispatch = Self::lock(&self.dispatch);
+        let stale: Vec<Uuid> = dispatch
+            .taken
+            .iter()
+            .filter(|(_, taken_at)| now.duration_since(**taken_at) > idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stale {
+            dispatch.taken.remove(id);
+        }
+        Ok(stale)
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<(String, u64)>, LiveError> {
+        let dispatch = Self::lock(&self.dispatch);
+        let mut depths: Vec<(String, u64)> = dispatch
+            .queues
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.len() as u64))
+            .collect();
+        depths.sort();
+        Ok(depths)
     }
 
     async fn put_secrets(
@@ -125,4 +201,66 @@ impl LiveState for MemoryLive {
     }
 
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::MemoryLive;
+    use crate::live::{LiveState, Queued};
+
+    fn queued(queue: &str, created_at: i64) -> Queued {
+        Queued {
+            id: Uuid::now_v7(),
+            queue: queue.into(),
+            created_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_take_comes_back_in_its_place_once() {
+        let live = MemoryLive::new();
+        let (early, late, other) = (queued("a", 1), queued("a", 3), queued("b", 2));
+        let all = [early.clone(), late.clone(), other.clone()];
+        assert_eq!(live.dispatch(&all).await.unwrap().len(), 3);
+        assert!(live.dispatch(&all).await.unwrap().is_empty(), "idempotent");
+
+        let queues = ["a".to_owned(), "b".to_owned()];
+        let wait = Duration::from_millis(10);
+        // The taker dies without settling: the job is held, not queued again.
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(early.id)
+        );
+        assert!(live.dispatch(&all).await.unwrap().is_empty());
+        assert!(live
+            .reclaim(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(live.reclaim(Duration::ZERO).await.unwrap(), vec![early.id]);
+        // Queued again, it goes back ahead of the later jobs of every queue.
+        assert_eq!(live.dispatch(&all).await.unwrap(), vec![early.id]);
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(early.id)
+        );
+        live.settle(early.id).await.unwrap();
+        assert_eq!(
+            live.next_dispatched(&queues, wait).await.unwrap(),
+            Some(other.id)
+        );
+        assert_eq!(
+            live.next_dispatched(&["b".to_owned()], wait).await.unwrap(),
+            None,
+            "a worker takes from its own queues only"
+        );
+        assert_eq!(
+            live.queue_depths().await.unwrap(),
+            vec![("a".to_owned(), 1), ("b".to_owned(), 0)]
+        );
+    }
 }

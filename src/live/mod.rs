@@ -74,6 +74,28 @@ pub enum LiveMessage {
     Changed { status: JobStatus },
 }
 
+pub use crate::domain::validate::DEFAULT_QUEUE;
+
+/// A PENDING job as the dispatch holds it: in its queue, in its place (the
+/// order of submission).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: Uuid,
+    pub queue: String,
+    /// The job's created_at in microseconds: its place in the queue.
+    pub created_at: i64,
+}
+
+impl Queued {
+    pub fn of(job: &Job) -> Queued {
+        Queued {
+            id: job.id,
+            queue: job.queue.clone(),
+            created_at: crate::domain::to_micros(job.created_at),
+        }
+    }
+}
+
 /// A failure of the live-state backend.
 #[derive(Debug, thiserror::Error)]
 #[error("live state: {0}")]
@@ -97,19 +119,38 @@ pub trait LiveState: Send + Sync + 'static {
     /// where the backend can).
     async fn put_and_dispatch(&self, job: &Job) -> Result<(), LiveError> {
         self.put_job(job).await?;
-        self.dispatch(job.id).await
+        self.dispatch(&[Queued::of(job)]).await.map(drop)
     }
     /// The job's current state, if known here.
     async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError>;
     /// Forgets a job (pruned from the history).
     async fn forget_job(&self, id: Uuid) -> Result<(), LiveError>;
-    /// Hands a PENDING job to the workers. Delivery may repeat; claims in the
-    /// history make that harmless.
-    async fn dispatch(&self, id: Uuid) -> Result<(), LiveError>;
-    /// Takes the next dispatched job, waiting up to `wait`.
-    async fn next_dispatched(&self, wait: Duration) -> Result<Option<Uuid>, LiveError>;
-    /// How many dispatched jobs no worker has taken yet.
-    async fn queue_len(&self) -> Result<u64, LiveError>;
+    /// Queues each PENDING job that is not already waiting in its queue, not
+    /// taken by a worker, and not known here as started; returns the ones it
+    /// queued. A job's place is its created_at, so a job queued again goes
+    /// back to its place. Idempotent: any number of sweepers may call it.
+    async fn dispatch(&self, jobs: &[Queued]) -> Result<Vec<Uuid>, LiveError>;
+    /// Takes the oldest job waiting in any of `queues`, waiting up to `wait`.
+    /// The job is held as taken until `settle`, or until `reclaim` finds the
+    /// worker never settled it (it died between taking and claiming).
+    async fn next_dispatched(
+        &self,
+        queues: &[String],
+        wait: Duration,
+    ) -> Result<Option<Uuid>, LiveError>;
+    /// The worker that took the job has settled it: its claim is committed
+    /// (and its RUNNING state announced), or it found the job no longer
+    /// pending.
+    async fn settle(&self, id: Uuid) -> Result<(), LiveError>;
+    /// Drops taken jobs no worker settled within `idle`, and returns them;
+    /// `dispatch` queues those still PENDING again.
+    async fn reclaim(&self, idle: Duration) -> Result<Vec<Uuid>, LiveError>;
+    /// Jobs waiting in each queue that was ever used, by queue name.
+    async fn queue_depths(&self) -> Result<Vec<(String, u64)>, LiveError>;
+    /// Jobs waiting in every queue together.
+    async fn queue_len(&self) -> Result<u64, LiveError> {
+        Ok(self.queue_depths().await?.iter().map(|(_, n)| n).sum())
+    }
     /// Keeps a job's secret extra vars until a worker takes them (at most
     /// `JOB_TTL`). They are never written to the history.
     async fn put_secrets(

@@ -3,7 +3,13 @@
 //! Keys, all under a configurable prefix `P`:
 //! - `P:job:<id>`: the job's current state, its status rank then JSON, expiring
 //!   24 h after its last update;
-//! - `P:dispatch`: a list of pending job ids (LPUSH to dispatch, BRPOP to take);
+//! - `P:q:<queue>`: a queue's waiting jobs, a sorted set of job ids scored by
+//!   created_at (microseconds), so a job queued again keeps its place;
+//! - `P:taken`: jobs workers took and have not settled, scored by the time
+//!   (Redis's clock, ms) they were taken; the sweeper reclaims old entries;
+//! - `P:wake:<queue>`: a list of tokens, one per job queued, that idle
+//!   workers wait on (BLPOP) before they take (scripts cannot block);
+//! - `P:queues`: the names of every queue used, for the metrics;
 //! - channel `P:ev:<id>`: the job's fan-out (events and status changes);
 //! - `P:secret:<id>`: a job's secret extra vars, until a worker takes them;
 //! - channel `P:cancel`: cancel requests for running jobs.
@@ -18,12 +24,12 @@ use serde_json::{Map, Value};
 use tokio::sync::{broadcast, Mutex};
 use uuid::Uuid;
 
-use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, JOB_TTL};
+use super::{Hub, LiveError, LiveJob, LiveMessage, LiveState, Queued, JOB_TTL};
 use crate::domain::{Error, Job};
 
 pub struct RedisLive {
     commands: Client,
-    /// BRPOP blocks its connection, so it gets one of its own.
+    /// BLPOP blocks its connection, so it gets one of its own.
     dispatch: Mutex<Client>,
     subscriber: SubscriberClient,
     prefix: String,
@@ -33,15 +39,90 @@ pub struct RedisLive {
 
 /// SET unless the stored state is later: values are "<rank><json>".
 const PUT_JOB: &str = r#"
-if KEYS[2] then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
-end
 local current = redis.call('GET', KEYS[1])
 if current and tonumber(string.sub(current, 1, 1)) > tonumber(ARGV[1]) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
 return 1
+"#;
+
+/// Queues each job that is neither waiting, taken, nor started (its state's
+/// rank above 0); first puts the first job's state when ARGV[1] is a rank.
+/// KEYS: taken, queue names, then (queue, state, wake) per job.
+/// ARGV: rank or '', JSON, TTL, then (id, queue name, place) per job.
+/// Returns the ids it queued.
+const DISPATCH: &str = r#"
+if ARGV[1] ~= '' then
+  local current = redis.call('GET', KEYS[4])
+  if not (current and tonumber(string.sub(current, 1, 1)) > tonumber(ARGV[1])) then
+    redis.call('SET', KEYS[4], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
+  end
+end
+local added = {}
+for k = 0, (#KEYS - 2) / 3 - 1 do
+  local queue, state, wake = KEYS[3 + 3 * k], KEYS[4 + 3 * k], KEYS[5 + 3 * k]
+  local id, name, place = ARGV[4 + 3 * k], ARGV[5 + 3 * k], ARGV[6 + 3 * k]
+  if not redis.call('ZSCORE', queue, id) and not redis.call('ZSCORE', KEYS[1], id) then
+    local current = redis.call('GET', state)
+    if not current or string.sub(current, 1, 1) == '0' then
+      redis.call('ZADD', queue, place, id)
+      redis.call('SADD', KEYS[2], name)
+      redis.call('LPUSH', wake, '1')
+      redis.call('LTRIM', wake, 0, 1023)
+      added[#added + 1] = id
+    end
+  end
+end
+return added
+"#;
+
+/// Takes the oldest job of the given queues into `taken`. When every one is
+/// empty, drops their stale wake tokens. KEYS: taken, the n queues, their n
+/// wake lists.
+const TAKE: &str = r#"
+local n = (#KEYS - 1) / 2
+local best, best_queue, best_place
+for i = 2, n + 1 do
+  local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  if head[1] then
+    local place = tonumber(head[2])
+    if not best or place < best_place then
+      best, best_queue, best_place = head[1], KEYS[i], place
+    end
+  end
+end
+if not best then
+  for i = n + 2, #KEYS do
+    redis.call('DEL', KEYS[i])
+  end
+  return false
+end
+redis.call('ZREM', best_queue, best)
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[1], now[1] * 1000 + math.floor(now[2] / 1000), best)
+return best
+"#;
+
+/// Removes (and returns) taken entries older than ARGV[1] ms.
+const RECLAIM: &str = r#"
+local now = redis.call('TIME')
+local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 1000)
+if #stale > 0 then
+  redis.call('ZREM', KEYS[1], unpack(stale))
+end
+return stale
+"#;
+
+/// Each queue's name and length: name, length, name, length...
+const DEPTHS: &str = r#"
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  out[#out + 1] = name
+  out[#out + 1] = tostring(redis.call('ZCARD', ARGV[1] .. name))
+end
+return out
 "#;
 
 fn live_error(e: fred::error::Error) -> LiveError {
@@ -110,8 +191,70 @@ impl RedisLive {
         format!("{}:job:{id}", self.prefix)
     }
 
-    fn queue_key(&self) -> String {
-        format!("{}:dispatch", self.prefix)
+    fn queue_key(&self, queue: &str) -> String {
+        format!("{}:q:{queue}", self.prefix)
+    }
+
+    fn wake_key(&self, queue: &str) -> String {
+        format!("{}:wake:{queue}", self.prefix)
+    }
+
+    fn taken_key(&self) -> String {
+        format!("{}:taken", self.prefix)
+    }
+
+    fn queues_key(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Runs DISPATCH for `jobs`, putting `state` (rank, JSON) of the first
+    /// one before.
+    async fn run_dispatch(
+        &self,
+        jobs: &[Queued],
+        state: Option<(u8, String)>,
+    ) -> Result<Vec<Uuid>, LiveError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = vec![self.taken_key(), self.queues_key()];
+        let mut args = match state {
+            Some((rank, json)) => vec![rank.to_string(), json, JOB_TTL.as_secs().to_string()],
+            None => vec![String::new(), String::new(), String::new()],
+        };
+        for job in jobs {
+            keys.extend([
+                self.queue_key(&job.queue),
+                self.job_key(job.id),
+                self.wake_key(&job.queue),
+            ]);
+            args.extend([
+                job.id.to_string(),
+                job.queue.clone(),
+                job.created_at.to_string(),
+            ]);
+        }
+        let added: Vec<String> = self
+            .commands
+            .eval(DISPATCH, keys, args)
+            .await
+            .map_err(live_error)?;
+        Ok(added
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
+    }
+
+    async fn take(&self, queues: &[String]) -> Result<Option<Uuid>, LiveError> {
+        let mut keys = vec![self.taken_key()];
+        keys.extend(queues.iter().map(|q| self.queue_key(q)));
+        keys.extend(queues.iter().map(|q| self.wake_key(q)));
+        let taken: Option<String> = self
+            .commands
+            .eval(TAKE, keys, Vec::<String>::new())
+            .await
+            .map_err(live_error)?;
+        Ok(taken.and_then(|id| Uuid::parse_str(&id).ok()))
     }
 }
 
@@ -176,20 +319,9 @@ impl LiveState for RedisLive {
     async fn put_and_dispatch(&self, job: &Job) -> Result<(), LiveError> {
         let value =
             serde_json::to_string(&LiveJob::of(job)).map_err(|e| LiveError(e.to_string()))?;
-        self.commands
-            .eval::<i64, _, _, _>(
-                PUT_JOB,
-                vec![self.job_key(job.id), self.queue_key()],
-                vec![
-                    job.status.rank().to_string(),
-                    value,
-                    JOB_TTL.as_secs().to_string(),
-                    job.id.to_string(),
-                ],
-            )
+        self.run_dispatch(&[Queued::of(job)], Some((job.status.rank(), value)))
             .await
             .map(drop)
-            .map_err(live_error)
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<LiveJob>, LiveError> {
@@ -219,36 +351,90 @@ impl LiveState for RedisLive {
             .map_err(live_error)
     }
 
-    async fn dispatch(&self, id: Uuid) -> Result<(), LiveError> {
+    async fn dispatch(&self, jobs: &[Queued]) -> Result<Vec<Uuid>, LiveError> {
+        let mut added = Vec::new();
+        // Bounded scripts: each holds Redis for a moment only.
+        for chunk in jobs.chunks(200) {
+            added.extend(self.run_dispatch(chunk, None).await?);
+        }
+        Ok(added)
+    }
+
+    async fn next_dispatched(
+        &self,
+        queues: &[String],
+        wait: Duration,
+    ) -> Result<Option<Uuid>, LiveError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let wake_keys: Vec<String> = queues.iter().map(|q| self.wake_key(q)).collect();
+        loop {
+            if let Some(id) = self.take(queues).await? {
+                return Ok(Some(id));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // Wait for a token (or the deadline), then try to take again.
+            let client = self.dispatch.lock().await;
+            let woke = client
+                .with_options(&Options {
+                    timeout: Some(left + Duration::from_secs(5)),
+                    ..Default::default()
+                })
+                .blpop::<Option<(String, String)>, _>(
+                    wake_keys.clone(),
+                    left.as_secs_f64().max(0.01),
+                )
+                .await;
+            match woke {
+                Ok(_) => {}
+                Err(e) if *e.kind() == ErrorKind::Timeout => return Ok(None),
+                Err(e) => return Err(live_error(e)),
+            }
+        }
+    }
+
+    async fn settle(&self, id: Uuid) -> Result<(), LiveError> {
         self.commands
-            .lpush::<i64, _, _>(self.queue_key(), id.to_string())
+            .zrem::<i64, _, _>(self.taken_key(), id.to_string())
             .await
             .map(drop)
             .map_err(live_error)
     }
 
-    async fn next_dispatched(&self, wait: Duration) -> Result<Option<Uuid>, LiveError> {
-        let client = self.dispatch.lock().await;
-        let popped = client
-            .with_options(&Options {
-                timeout: Some(wait + Duration::from_secs(5)),
-                ..Default::default()
-            })
-            .brpop::<Option<(String, String)>, _>(self.queue_key(), wait.as_secs_f64().max(0.01))
-            .await;
-        match popped {
-            Ok(Some((_, id))) => Ok(Uuid::parse_str(&id).ok()),
-            Ok(None) => Ok(None),
-            Err(e) if *e.kind() == ErrorKind::Timeout => Ok(None),
-            Err(e) => Err(live_error(e)),
-        }
+    async fn reclaim(&self, idle: Duration) -> Result<Vec<Uuid>, LiveError> {
+        let stale: Vec<String> = self
+            .commands
+            .eval(
+                RECLAIM,
+                vec![self.taken_key()],
+                vec![idle.as_millis().to_string()],
+            )
+            .await
+            .map_err(live_error)?;
+        Ok(stale
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 
-    async fn queue_len(&self) -> Result<u64, LiveError> {
-        self.commands
-            .llen::<u64, _>(self.queue_key())
+    async fn queue_depths(&self) -> Result<Vec<(String, u64)>, LiveError> {
+        let flat: Vec<String> = self
+            .commands
+            .eval(
+                DEPTHS,
+                vec![self.queues_key()],
+                vec![format!("{}:q:", self.prefix)],
+            )
             .await
-            .map_err(live_error)
+            .map_err(live_error)?;
+        let mut depths: Vec<(String, u64)> = flat
+            .chunks(2)
+            .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.parse().ok()?)))
+            .collect();
+        depths.sort();
+        Ok(depths)
     }
 
     async fn put_secrets(

@@ -29,6 +29,7 @@ pub struct ListFilter {
     pub status: Option<JobStatus>,
     pub playbook: Option<String>,
     pub submitted_by: Option<String>,
+    pub queue: Option<String>,
 }
 
 pub struct ListPage {
@@ -52,6 +53,9 @@ impl ListFilter {
         if let Some(client) = &self.submitted_by {
             select = select.filter(Column::SubmittedBy.eq(client.as_str()));
         }
+        if let Some(queue) = &self.queue {
+            select = select.filter(Column::Queue.eq(queue.as_str()));
+        }
         select
     }
 
@@ -62,12 +66,14 @@ impl ListFilter {
             self.status.is_some(),
             self.playbook.is_some(),
             self.submitted_by.is_some(),
+            self.queue.is_some(),
         ) {
-            (false, false, false) => Some("ix_jobs_created"),
-            (true, false, false) => Some("ix_jobs_status_created"),
-            (false, true, false) => Some("ix_jobs_playbook_created"),
-            (true, true, false) => Some("ix_jobs_status_playbook_created"),
-            (false, false, true) => Some("ix_jobs_submitted_by_created"),
+            (false, false, false, false) => Some("ix_jobs_created"),
+            (true, false, false, false) => Some("ix_jobs_status_created"),
+            (false, true, false, false) => Some("ix_jobs_playbook_created"),
+            (true, true, false, false) => Some("ix_jobs_status_playbook_created"),
+            (false, false, true, false) => Some("ix_jobs_submitted_by_created"),
+            (true, false, false, true) => Some("ix_jobs_status_queue_created"),
             _ => None,
         }
     }
@@ -723,23 +729,54 @@ impl Store {
         self.get_job(id).await
     }
 
-    /// Ids of PENDING jobs created before `before`, oldest first.
-    pub async fn pending_before(&self, before: i64, limit: u64) -> Result<Vec<Uuid>, Error> {
-        let ids = jobs::Entity::find()
+    /// PENDING jobs created before `before`, oldest first, after `after`
+    /// (keyset on (created_at, id)): (id, queue, created_at).
+    pub async fn pending_before(
+        &self,
+        before: i64,
+        after: Option<&Cursor>,
+        limit: u64,
+    ) -> Result<Vec<(Uuid, String, i64)>, Error> {
+        let mut select = jobs::Entity::find()
             .select_only()
-            .column(Column::Id)
+            .columns([Column::Id, Column::Queue, Column::CreatedAt])
             .filter(Column::Status.eq(JobStatus::Pending.as_str()))
-            .filter(Column::CreatedAt.lt(before))
+            .filter(Column::CreatedAt.lt(before));
+        if let Some(cursor) = after {
+            select = select
+                .filter(Column::CreatedAt.gte(cursor.created_at))
+                .filter(
+                    Condition::any()
+                        .add(Column::CreatedAt.gt(cursor.created_at))
+                        .add(Column::Id.gt(cursor.id.to_string())),
+                );
+        }
+        let rows = select
             .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id)
             .limit(limit)
-            .into_tuple::<String>()
+            .into_tuple::<(String, String, i64)>()
             .all(&self.db)
             .await
             .map_err(|e| db_error("find pending jobs", e))?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, queue, created)| Some((Uuid::parse_str(&id).ok()?, queue, created)))
             .collect())
+    }
+
+    /// The creation time of the oldest PENDING job of each queue that has one.
+    pub async fn oldest_pending(&self) -> Result<Vec<(String, i64)>, Error> {
+        jobs::Entity::find()
+            .select_only()
+            .column(Column::Queue)
+            .column_as(Expr::col(Column::CreatedAt).min(), "oldest")
+            .filter(Column::Status.eq(JobStatus::Pending.as_str()))
+            .group_by(Column::Queue)
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await
+            .map_err(|e| db_error("find the oldest pending jobs", e))
     }
 }
 
@@ -794,6 +831,7 @@ fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         has_secrets: Set(job.has_secrets),
         canceled_by: Set(job.canceled_by.clone()),
         request_scope: Set(job.submitted_by.clone().unwrap_or_default()),
+        queue: Set(job.queue.clone()),
     })
 }
 
@@ -839,6 +877,7 @@ fn from_row(row: jobs::Model) -> Result<Job, Error> {
         submitted_by: row.submitted_by.clone(),
         has_secrets: row.has_secrets,
         canceled_by: row.canceled_by.clone(),
+        queue: row.queue.clone(),
     })
 }
 

@@ -70,15 +70,27 @@ pub struct Worker {
     /// Unique per process life: host/pid/random.
     pub(crate) id: String,
     pub(crate) host: String,
+    /// The queues (worker groups) this worker takes jobs from.
+    pub(crate) queues: Vec<String>,
 }
 
 impl Worker {
+    /// Tells the live state this worker is done with a job it took (claimed
+    /// and announced, or found no longer pending). If that fails, the
+    /// sweeper reclaims the entry later, which is harmless.
+    pub(crate) async fn settle(&self, id: uuid::Uuid) {
+        if let Err(e) = self.live.settle(id).await {
+            tracing::warn!(job_id = %id, error = %e, "settling a taken job");
+        }
+    }
+
     pub fn new(
         store: Store,
         live: Arc<dyn LiveState>,
         catalogue: Catalogue,
         executor: Executor,
         timing: WorkerTiming,
+        queues: Vec<String>,
     ) -> Arc<Worker> {
         let host = hostname::get()
             .ok()
@@ -97,6 +109,7 @@ impl Worker {
             timing,
             id,
             host,
+            queues,
         })
     }
 
@@ -110,7 +123,7 @@ impl Worker {
         if concurrency == 0 {
             return;
         }
-        tracing::info!(worker = %self.id, concurrency, "worker started");
+        tracing::info!(worker = %self.id, concurrency, queues = ?self.queues, "worker started");
         self.reap_orphans().await;
         self.executor.prewarm(concurrency);
         let hard_stop = CancellationToken::new();
@@ -126,7 +139,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
             };
             let next = tokio::select! {
-                next = self.live.next_dispatched(Duration::from_secs(1)) => next,
+                next = self.live.next_dispatched(&self.queues, Duration::from_secs(1)) => next,
                 _ = shutdown.cancelled() => break,
             };
             let id = match next {
@@ -158,10 +171,13 @@ impl Worker {
                         .instrument(span),
                     );
                 }
-                Ok(None) => tracing::debug!(job_id = %id, "already claimed or no longer pending"),
+                Ok(None) => {
+                    tracing::debug!(job_id = %id, "already claimed or no longer pending");
+                    self.settle(id).await;
+                }
                 Err(e) => {
-                    // The job stays PENDING in the history; the sweeper
-                    // dispatches it again.
+                    // The job stays PENDING in the history and taken in the
+                    // live state; the sweeper reclaims it and queues it again.
                     tracing::warn!(job_id = %id, error = %e, "claiming a job");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

@@ -30,7 +30,10 @@ impl Worker {
         let _running = scopeguard(move || {
             running.dec();
         });
+        // RUNNING is announced before the dispatch entry is settled, so no
+        // sweeper takes the job for one that was lost in between.
         crate::live::announce(&self.live, &job).await;
+        self.settle(job.id).await;
 
         let (stop_tx, stop_rx) = watch::channel(None);
         let lost = CancellationToken::new();

@@ -235,8 +235,15 @@ impl RedisServer {
 
     /// Kills the server and starts an empty one on the same port.
     pub async fn restart_empty(&mut self) {
+        self.restart_empty_after(Duration::ZERO).await;
+    }
+
+    /// Kills the server, leaves it down for `down`, then starts an empty one
+    /// on the same port.
+    pub async fn restart_empty_after(&mut self, down: Duration) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        tokio::time::sleep(down).await;
         self.child = Self::spawn(self.port, &self.dir);
         self.wait_ready().await;
     }

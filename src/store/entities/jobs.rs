@@ -43,6 +43,8 @@ pub struct Model {
     /// Whose request_id this is: the submitting client's name, '' without
     /// keys. (request_scope, request_id) is unique.
     pub request_scope: String,
+    /// The queue (worker group) whose workers may run the job.
+    pub queue: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
