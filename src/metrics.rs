@@ -123,8 +123,10 @@ pub fn get() -> &'static Metrics {
 
 /// Serves GET /metrics until `shutdown`.
 pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving metrics");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "serving metrics"),
+        Err(e) => tracing::info!(error = %e, "serving metrics"),
+    }
     loop {
         let (mut stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -216,7 +218,7 @@ where
             tracing::info!(
                 method,
                 code,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 "rpc"
             );
             result

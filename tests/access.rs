@@ -14,17 +14,8 @@ use ansible_runner_service::pb::{
 };
 use common::*;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request};
+use tonic::Code;
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
-    );
-    request
-}
 
 /// A new key for `name` with these scope words, and its keys-file line.
 fn key(name: &str, scopes: &[&str]) -> (String, String) {
@@ -87,8 +78,7 @@ async fn scoped_keys_reach_only_what_they_allow(backend: Backend) {
     };
 
     // Outside the key's playbooks or actions: PERMISSION_DENIED, nothing written.
-    let denied = client
-        .submit_job(with_key(request("multi.yml"), &runner))
+    let denied = submit_as(&mut client, request("multi.yml"), &runner))
         .await
         .unwrap_err();
     assert_denied(&denied, "PLAYBOOK_NOT_PERMITTED");
@@ -105,19 +95,8 @@ async fn scoped_keys_reach_only_what_they_allow(backend: Backend) {
     assert_eq!(total(&admin).await, 0, "nothing was written");
 
     let mine = client
-        .submit_job(with_key(request("hello.yml"), &runner))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    let theirs = client
-        .submit_job(with_key(request("multi.yml"), &admin))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+        .submit_job(with_key(request("hello.yml"), &runner).await;
+    let theirs = submit_as(&mut client, request("multi.yml"), &admin).await;
 
     // Under jobs=own another client's job does not exist.
     let get = client
@@ -250,8 +229,7 @@ async fn scoped_keys_reach_only_what_they_allow(backend: Backend) {
         req.extra_vars = vars(json!({ "who": who }));
         req
     };
-    let first = client
-        .submit_job(with_key(
+    let first = submit_as(&mut client, 
             with_id("hello.yml", "deploy-42", json!("a")),
             &runner,
         ))
@@ -316,12 +294,7 @@ async fn pending_jobs_are_capped_per_client(backend: Backend) {
     let mut accepted_ids = Vec::new();
     for id in ["one", "two"] {
         let job = client
-            .submit_job(with_key(with_id(id), &busy))
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+            .submit_job(with_key(with_id(id), &busy).await;
         accepted_ids.push(job.job_id);
     }
     let refused = client

@@ -13,9 +13,8 @@ use ansible_runner_service::pb::{self, ListJobsRequest, WatchJobRequest};
 use common::*;
 use fred::prelude::*;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Request};
+use tonic::Code;
 
 /// A key with every scope and its keys-file line.
 fn new_key(name: &str) -> (String, String) {
@@ -23,14 +22,6 @@ fn new_key(name: &str) -> (String, String) {
     (key, client.line())
 }
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
-    );
-    request
-}
 
 async fn keys_are_required_and_name_the_submitter(backend: Backend) {
     let mut history = History::new(backend).await;
