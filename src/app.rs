@@ -158,13 +158,19 @@ impl AppState {
 }
 
 fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|e| Error::internal(format!("read {}", path.display()), e))
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
     };
-    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let identity = tonic::transport::Identity::from_pem(
+        read("--tls-cert (TLS_CERT)", &tls.cert)?,
+        read("--tls-key (TLS_KEY)", &tls.key)?,
+    );
     let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "--tls-client-ca (TLS_CLIENT_CA)",
+            ca,
+        )?));
     }
     Ok(config)
 }
@@ -276,14 +282,20 @@ pub async fn prune(
     let mut report = PruneReport::default();
     let mut after = String::new();
     loop {
-        let (ids, events) = store.prune_batch(before, status, dry_run, &after).await?;
-        let Some(last) = ids.last().cloned() else {
+        let (found, events) = store.prune_batch(before, status, dry_run, &after).await?;
+        let Some(last) = found.last().map(|(id, _)| id.clone()) else {
             return Ok(report);
         };
-        report.jobs += ids.len() as u64;
+        report.jobs += found.len() as u64;
         report.events += events;
+        for (_, status) in &found {
+            *report.by_status.entry(status.as_str()).or_default() += 1;
+        }
         if let (Some(live), false) = (live, dry_run) {
-            for id in ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()) {
+            for id in found
+                .iter()
+                .filter_map(|(id, _)| uuid::Uuid::parse_str(id).ok())
+            {
                 if let Err(e) = live.forget_job(id).await {
                     tracing::warn!(job_id = %id, error = %e, "forgetting a pruned job");
                 }
@@ -380,15 +392,25 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::internal("build reflection", e))?;
 
-    // Workers check their settings (ansible-playbook present) before we serve.
+    // Everything is checked before anything starts or is announced: TLS
+    // files, the keys file, ansible-playbook, the metrics address.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        server = server.tls_config(tls_config(tls)?).map_err(|e| {
+            Error::Config(format!("TLS (--tls-cert, --tls-key, --tls-client-ca): {e}"))
+        })?;
+    }
+    let access = access(settings, &shutdown)?;
     let workers_settings = settings.clone();
     if settings.workers > 0 {
         find_ansible_playbook(&settings.ansible_playbook)?;
     }
     if let Some(addr) = settings.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::internal(format!("listen on {addr} for metrics"), e))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Error::Config(format!(
+                "--metrics-listen (METRICS_LISTEN) {addr}: {e}; choose a free address"
+            ))
+        })?;
         tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
     }
     let workers = tokio::spawn({
@@ -397,9 +419,8 @@ pub async fn serve(
         async move { run_workers(state, &workers_settings, shutdown).await }
     });
 
-    let access = access(settings, &shutdown)?;
     tracing::info!(
-        ?addr,
+        addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
         workers = settings.workers,
         tls = settings.tls.is_some(),
         "serving"
@@ -419,12 +440,6 @@ pub async fn serve(
             tracing::info!("shutting down: no new requests or jobs");
         }
     };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &settings.tls {
-        server = server
-            .tls_config(tls_config(tls)?)
-            .map_err(|e| Error::internal("configure TLS", e))?;
-    }
     let served = server
         .layer(crate::metrics::RpcLayer)
         .layer(tower::util::MapResponseLayer::new(

@@ -21,12 +21,21 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// Opens the folder; it must exist.
+    /// Opens the folder; it must exist and be a folder.
     pub fn open(root: impl Into<PathBuf>) -> Result<Catalogue, Error> {
-        let root = root.into();
-        let root = root
-            .canonicalize()
-            .map_err(|e| Error::internal(format!("playbooks folder {}", root.display()), e))?;
+        let given = root.into();
+        let root = given.canonicalize().map_err(|e| {
+            Error::Config(format!(
+                "--playbooks-dir (PLAYBOOKS_DIR) {}: {e}; point it at the folder of playbooks",
+                given.display()
+            ))
+        })?;
+        if !root.is_dir() {
+            return Err(Error::Config(format!(
+                "--playbooks-dir (PLAYBOOKS_DIR) {} is not a folder; point it at the folder of playbooks",
+                given.display()
+            )));
+        }
         Ok(Catalogue { root })
     }
 

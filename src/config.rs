@@ -79,6 +79,22 @@ fn parse_queue(text: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// HOST:PORT as the first address it names (`localhost:50051` included).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:50051)"))?
+        .collect();
+    // IPv4 first: `localhost` means 127.0.0.1 to most people and clients.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} names no address"))
+}
+
 /// "30d", "12h", "90m", "45s" as a duration.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -171,8 +187,8 @@ pub struct StoreArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the gRPC API.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    /// Address of the gRPC API: HOST:PORT, the host a name (localhost) or an address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// File of API keys (`<client> <sha256 hex>` lines, see `keys create`); unset: no authentication.
     #[arg(long, env = "API_KEYS_FILE")]

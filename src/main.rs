@@ -22,17 +22,24 @@ async fn main() -> ExitCode {
         };
     }
     init_tracing(cli.log_format);
-    match run(cli.command).await {
+    match run(cli.command, &cli.client).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{}", ansible_runner_service::grpc::error_chain(&e));
-            eprintln!("error: {}", ansible_runner_service::grpc::error_chain(&e));
+            // Said once: a JSON log line for machines, a plain line for people.
+            let text = ansible_runner_service::grpc::error_chain(&e);
+            match cli.log_format {
+                LogFormat::Json => tracing::error!("{text}"),
+                LogFormat::Human => eprintln!("error: {text}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), Error> {
+async fn run(
+    command: Command,
+    client: &ansible_runner_service::cli::ClientArgs,
+) -> Result<(), Error> {
     match command {
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url).await?;
@@ -41,7 +48,7 @@ async fn run(command: Command) -> Result<(), Error> {
             store.close().await;
             Ok(())
         }
-        Command::Health(args) => health(&args.addr).await,
+        Command::Health(args) => health(&args.addr, client).await,
         Command::Keys(KeysCommand::Create {
             name,
             file,
@@ -62,14 +69,33 @@ async fn run(command: Command) -> Result<(), Error> {
         Command::Client(_) => unreachable!("client commands return earlier"),
         Command::Serve(args) => {
             let settings = args.settings();
+            if settings.workers == 0 && settings.redis_url.is_none() {
+                tracing::warn!(
+                    "an API server without workers (--workers 0) and without --redis-url (REDIS_URL): \
+                     separate workers learn of its jobs only from the sweeper, seconds later; \
+                     give every process the same Redis"
+                );
+            }
             let state = AppState::connect(&settings).await?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
-                .map_err(|e| Error::internal(format!("listen on {}", args.listen), e))?;
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "--listen (LISTEN_ADDR) {}: {e}; choose a free address",
+                        args.listen
+                    ))
+                })?;
             app::serve(listener, state, &settings, shutdown_on_signal()).await
         }
         Command::Worker(args) => {
             let settings = args.run.settings();
+            if settings.redis_url.is_none() {
+                tracing::warn!(
+                    "a separate worker without --redis-url (REDIS_URL): it hears of jobs only from \
+                     the sweeper, seconds after they are submitted, and cancel requests only at lease \
+                     renewals; give every process the same Redis"
+                );
+            }
             let state = AppState::connect(&settings).await?;
             let result = app::run_workers(state.clone(), &settings, shutdown_on_signal()).await;
             state.close().await;
@@ -117,31 +143,36 @@ async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Er
     } else {
         "removed"
     };
-    println!("{verb} {} jobs and {} events", report.jobs, report.events);
+    let by_status: Vec<String> = report
+        .by_status
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    let detail = if by_status.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", by_status.join(", "))
+    };
+    println!(
+        "{verb} {} jobs{detail} and {} events",
+        report.jobs, report.events
+    );
     store.close().await;
     Ok(())
 }
 
 /// Exits successfully only when the server reports the JobService SERVING.
-async fn health(addr: &str) -> Result<(), Error> {
+async fn health(addr: &str, client: &ansible_runner_service::cli::ClientArgs) -> Result<(), Error> {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| Error::internal("health address", e))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| Error::Unavailable {
-            what: "the server",
-            source: Box::new(e),
-        })?;
+    let channel =
+        ansible_runner_service::cli::channel(addr, client, std::time::Duration::from_secs(3))
+            .await
+            .map_err(|e| Error::Unavailable {
+                what: "the server",
+                source: e.into(),
+            })?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: "ansible_runner.v1.JobService".into(),
@@ -187,8 +218,12 @@ fn shutdown_on_signal() -> CancellationToken {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never under NO_COLOR.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -4,7 +4,6 @@
 //! running jobs), and the queue depth as the sweeper last saw it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
@@ -131,8 +130,10 @@ pub fn get() -> &'static Metrics {
 
 /// Serves GET /metrics until `shutdown`.
 pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving metrics");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "serving metrics"),
+        Err(e) => tracing::info!(error = %e, "serving metrics"),
+    }
     loop {
         let (mut stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -224,7 +225,7 @@ where
             tracing::info!(
                 method,
                 code,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 "rpc"
             );
             result

@@ -14,17 +14,7 @@ use ansible_runner_service::pb::{
 };
 use common::*;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request};
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
-    );
-    request
-}
+use tonic::Code;
 
 /// A new key for `name` with these scope words, and its keys-file line.
 fn key(name: &str, scopes: &[&str]) -> (String, String) {
@@ -104,20 +94,8 @@ async fn scoped_keys_reach_only_what_they_allow(backend: Backend) {
     assert_denied(&denied, "ACTION_NOT_PERMITTED");
     assert_eq!(total(&admin).await, 0, "nothing was written");
 
-    let mine = client
-        .submit_job(with_key(request("hello.yml"), &runner))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    let theirs = client
-        .submit_job(with_key(request("multi.yml"), &admin))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let mine = submit_as(&mut client, request("hello.yml"), &runner).await;
+    let theirs = submit_as(&mut client, request("multi.yml"), &admin).await;
 
     // Under jobs=own another client's job does not exist.
     let get = client
@@ -315,13 +293,7 @@ async fn pending_jobs_are_capped_per_client(backend: Backend) {
     };
     let mut accepted_ids = Vec::new();
     for id in ["one", "two"] {
-        let job = client
-            .submit_job(with_key(with_id(id), &busy))
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
+        let job = submit_as(&mut client, with_id(id), &busy).await;
         accepted_ids.push(job.job_id);
     }
     let refused = client

@@ -52,7 +52,10 @@ async fn prune_removes_old_finished_jobs_only(backend: Backend) {
     let pending = submit(&mut client, request("hello.yml")).await;
 
     let dry = prune(&history, &["--older-than", "0s", "--dry-run"]);
-    assert!(dry.starts_with("would remove 2 jobs and "), "{dry}");
+    assert!(
+        dry.starts_with("would remove 2 jobs (2 SUCCESSFUL) and "),
+        "counts per status: {dry}"
+    );
     assert_eq!(
         status(&get(&mut client, &finished[0]).await),
         pb::JobStatus::Successful
@@ -61,7 +64,10 @@ async fn prune_removes_old_finished_jobs_only(backend: Backend) {
     let kept = prune(&history, &["--older-than", "30d"]);
     assert_eq!(kept.trim(), "removed 0 jobs and 0 events");
     let done = prune(&history, &["--older-than", "0s", "--status", "successful"]);
-    assert!(done.starts_with("removed 2 jobs and "), "{done}");
+    assert!(
+        done.starts_with("removed 2 jobs (2 SUCCESSFUL) and "),
+        "{done}"
+    );
     assert!(!done.contains(" 0 events"), "their events went too: {done}");
     // With Redis, prune clears the live state too; the embedded default's
     // live state lives in the server's memory, which a separate prune

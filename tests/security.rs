@@ -13,7 +13,6 @@ use ansible_runner_service::pb::{self, ListJobsRequest, WatchJobRequest};
 use common::*;
 use fred::prelude::*;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
 
@@ -21,15 +20,6 @@ use tonic::{Code, Request};
 fn new_key(name: &str) -> (String, String) {
     let (key, client) = auth::new_key(name, Scopes::full()).unwrap();
     (key, client.line())
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
-    );
-    request
 }
 
 async fn keys_are_required_and_name_the_submitter(backend: Backend) {

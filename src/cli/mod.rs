@@ -33,6 +33,27 @@ pub struct ClientArgs {
     /// API key, sent as `authorization: Bearer <token>`.
     #[arg(long, env = "ARS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) of an https:// server; default: the system's CAs (SSL_CERT_FILE is honoured).
+    #[arg(long, env = "ARS_CA_CERT", global = true, value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that asks for one (mutual TLS); with --client-key.
+    #[arg(
+        long,
+        env = "ARS_CLIENT_CERT",
+        global = true,
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "ARS_CLIENT_KEY",
+        global = true,
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
     /// Colour the output: auto (when a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
@@ -51,6 +72,7 @@ pub enum ClientCommand {
     Run(RunArgs),
     /// Show a job.
     Get {
+        /// The job's id.
         job_id: String,
         /// Print the job as JSON.
         #[arg(long)]
@@ -59,34 +81,52 @@ pub enum ClientCommand {
     /// List jobs, newest first.
     List(ListArgs),
     /// Follow a job (reconnecting when the connection drops) until it ends.
-    Watch { job_id: String },
+    Watch {
+        /// The job's id.
+        job_id: String,
+    },
     /// Cancel a job.
-    Cancel { job_id: String },
+    Cancel {
+        /// The job's id.
+        job_id: String,
+    },
     /// List the playbooks that can be run.
-    Playbooks,
+    Playbooks {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The playbook's name in the catalogue, e.g. hello.yml.
     pub playbook: String,
-    /// Extra variable KEY=VALUE (VALUE may be JSON); repeatable.
-    #[arg(short = 'e', long = "extra-vars", value_name = "KEY=VALUE")]
+    /// Extra variables, as ansible-playbook takes them: KEY=VALUE (VALUE may be JSON), a JSON object, or @FILE of JSON or YAML; repeatable, later ones win.
+    #[arg(short = 'e', long = "extra-vars", value_name = "VARS")]
     pub extra_vars: Vec<String>,
+    /// Secret variables, never stored or shown (masked in the output): KEY=VALUE, a JSON object, @FILE, or KEY alone to be asked for without echo; repeatable.
+    #[arg(long = "secret", value_name = "VARS")]
+    pub secrets: Vec<String>,
     /// Hosts to run against, comma-separated.
     #[arg(short = 'i', long = "inventory")]
     pub inventory: Option<String>,
+    /// Run on these hosts only (an Ansible host pattern).
     #[arg(long)]
     pub limit: Option<String>,
+    /// Check mode: report what would change, change nothing.
     #[arg(long)]
     pub check: bool,
+    /// Show the differences in changed files.
     #[arg(long)]
     pub diff: bool,
-    /// Tags, comma-separated.
+    /// Run only tasks with these tags, comma-separated.
     #[arg(long)]
     pub tags: Option<String>,
+    /// Skip tasks with these tags, comma-separated.
     #[arg(long)]
     pub skip_tags: Option<String>,
+    /// Hosts Ansible works on at once.
     #[arg(long)]
     pub forks: Option<u32>,
     /// -v to -vvvv.
@@ -105,11 +145,15 @@ pub struct ListArgs {
     /// Only jobs in this status (pending, running, successful, failed, canceled, timed_out).
     #[arg(long)]
     pub status: Option<String>,
+    /// Only jobs of this playbook.
     #[arg(long)]
     pub playbook: Option<String>,
     /// Only jobs of this queue (worker group).
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only jobs this client submitted.
+    #[arg(long)]
+    pub submitted_by: Option<String>,
     /// How many jobs to show.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
@@ -127,8 +171,20 @@ pub struct CliError {
 
 impl From<Status> for CliError {
     fn from(status: Status) -> Self {
+        use tonic_types::StatusExt;
+        let reason = status
+            .get_details_error_info()
+            .map(|info| info.reason)
+            .unwrap_or_default();
+        let hint = match (status.code(), reason.as_str()) {
+            (Code::Unauthenticated, _) => " (send an API key with --token or ARS_TOKEN)",
+            (Code::NotFound, "PLAYBOOK_NOT_FOUND") => {
+                " (`ansible-runner-service playbooks` lists the catalogue)"
+            }
+            _ => "",
+        };
         CliError {
-            message: format!("{:?}: {}", status.code(), status.message()),
+            message: format!("{:?}: {}{hint}", status.code(), status.message()),
             code: 1,
         }
     }
@@ -139,27 +195,67 @@ struct Client {
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+/// A connection to `server` (`host:port`, `http://...` or `https://...`),
+/// over TLS for https:// with the CA and client certificate of `args`.
+pub async fn channel(
+    server: &str,
+    args: &ClientArgs,
+    timeout: Duration,
+) -> Result<Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let url = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let mut endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(timeout);
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &args.ca_cert {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read("--client-cert", cert)?,
+                read("--client-key", key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS for {url}: {}", error_text(&e)))?;
+    } else if args.ca_cert.is_some() || args.client_cert.is_some() {
+        return Err(format!(
+            "{url} is plaintext: use https:// with --ca-cert or --client-cert"
+        ));
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", error_text(&e)))
+}
+
+/// An error with its causes ("transport error" alone says little).
+fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    crate::grpc::error_chain(error)
+}
+
 impl Client {
     async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
-        let url = if args.server.contains("://") {
-            args.server.clone()
-        } else {
-            format!("http://{}", args.server)
-        };
-        let fail = |e: &dyn std::fmt::Display| CliError {
-            message: format!("cannot reach {url}: {e}"),
-            code: 1,
-        };
-        let channel = Channel::from_shared(url.clone())
-            .map_err(|e| fail(&e))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+        let fail = |message: String| CliError { message, code: 1 };
+        let channel = channel(&args.server, args, Duration::from_secs(5))
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(fail)?;
         let token = match &args.token {
-            Some(token) => {
-                Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| fail(&e))?)
-            }
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|e| fail(format!("--token: {e}")))?,
+            ),
             None => None,
         };
         Ok(Client {
@@ -202,9 +298,11 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
                     code: 1,
                 })?;
             eprintln!("job {}", job.job_id);
-            follow(&mut client, &job.job_id, &painter).await
+            follow(&mut client, &job.job_id, &painter, OnInterrupt::Cancel).await
         }
-        ClientCommand::Watch { job_id } => follow(&mut client, &job_id, &painter).await,
+        ClientCommand::Watch { job_id } => {
+            follow(&mut client, &job_id, &painter, OnInterrupt::Detach).await
+        }
         ClientCommand::Get { job_id, json } => {
             let job = client
                 .jobs
@@ -222,13 +320,14 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
         }
         ClientCommand::List(list) => {
             let status = match &list.status {
-                Some(s) => {
-                    pb::JobStatus::from_str_name(&format!("JOB_STATUS_{}", s.to_uppercase()))
-                        .ok_or_else(|| CliError {
-                            message: format!("unknown status {s:?}"),
-                            code: 1,
-                        })? as i32
-                }
+                Some(s) => pb::JobStatus::from_str_name(&format!("JOB_STATUS_{}", s.to_uppercase()))
+                    .filter(|s| *s != pb::JobStatus::Unspecified)
+                    .ok_or_else(|| CliError {
+                        message: format!(
+                            "--status {s:?}: expected one of pending, running, successful, failed, canceled, timed_out"
+                        ),
+                        code: 1,
+                    })? as i32,
                 None => 0,
             };
             let mut jobs = Vec::new();
@@ -241,7 +340,7 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
                         playbook: list.playbook.clone().unwrap_or_default(),
                         page_size: (list.limit - jobs.len()).min(100) as i32,
                         page_token: token,
-                        submitted_by: String::new(),
+                        submitted_by: list.submitted_by.clone().unwrap_or_default(),
                         queue: list.queue.clone().unwrap_or_default(),
                     }))
                     .await?
@@ -271,13 +370,21 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
             println!("{} {}", job.job_id, painter.status(job.status));
             Ok(0)
         }
-        ClientCommand::Playbooks => {
+        ClientCommand::Playbooks { json } => {
             let playbooks = client
                 .jobs
                 .list_playbooks(client.request(pb::ListPlaybooksRequest {}))
                 .await?
                 .into_inner()
                 .playbooks;
+            if json {
+                let all: Vec<serde_json::Value> = playbooks
+                    .iter()
+                    .map(|p| serde_json::json!({"name": p.name, "description": p.description}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(all));
+                return Ok(0);
+            }
             let width = playbooks.iter().map(|p| p.name.len()).max().unwrap_or(0);
             for p in playbooks {
                 println!("{:width$}  {}", p.name, p.description);
@@ -287,19 +394,56 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
     }
 }
 
-fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
+/// Variables given as ansible-playbook takes them: `KEY=VALUE` (VALUE may be
+/// JSON), a JSON object, or `@FILE` holding JSON or YAML; later ones win.
+/// With `prompt`, a bare `KEY` is asked for on the terminal without echo.
+fn parse_vars(
+    flag: &str,
+    given: &[String],
+    prompt: bool,
+) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+    let fail = |message: String| CliError { message, code: 1 };
     let mut vars = serde_json::Map::new();
-    for pair in &run.extra_vars {
-        let Some((key, value)) = pair.split_once('=') else {
-            return Err(CliError {
-                message: format!("-e {pair:?}: expected KEY=VALUE"),
-                code: 1,
-            });
+    for item in given {
+        let object = |value: serde_json::Value, what: &str| match value {
+            serde_json::Value::Object(map) => Ok(map),
+            _ => Err(fail(format!(
+                "{flag} {what}: expected an object of variables"
+            ))),
         };
-        let value =
-            serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
-        vars.insert(key.to_owned(), value);
+        if let Some(path) = item.strip_prefix('@') {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| fail(format!("{flag} @{path}: {e}")))?;
+            let value: serde_json::Value = serde_yaml::from_str(&text)
+                .map_err(|e| fail(format!("{flag} @{path}: not JSON or YAML: {e}")))?;
+            vars.extend(object(value, item)?);
+        } else if item.trim_start().starts_with('{') {
+            let value = serde_json::from_str(item)
+                .map_err(|e| fail(format!("{flag} {item:?}: not a JSON object: {e}")))?;
+            vars.extend(object(value, "JSON")?);
+        } else if let Some((key, value)) = item.split_once('=') {
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.into()));
+            vars.insert(key.to_owned(), value);
+        } else if prompt {
+            let value = rpassword::prompt_password(format!("{item}: ")).map_err(|e| {
+                fail(format!(
+                    "{flag} {item}: cannot read it from the terminal: {e}"
+                ))
+            })?;
+            vars.insert(item.clone(), serde_json::Value::String(value));
+        } else {
+            return Err(fail(format!(
+                "{flag} {item:?}: expected KEY=VALUE, a JSON object or @FILE"
+            )));
+        }
     }
+    Ok(vars)
+}
+
+fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
+    let vars = parse_vars("-e", &run.extra_vars, false)?;
+    let secrets = parse_vars("--secret", &run.secrets, true)?;
     let split = |v: &Option<String>| -> Vec<String> {
         v.iter()
             .flat_map(|t| t.split(','))
@@ -324,14 +468,38 @@ fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
         }),
         timeout_seconds: run.timeout.unwrap_or(0),
         request_id: String::new(),
-        secret_extra_vars: None,
+        secret_extra_vars: (!secrets.is_empty()).then(|| json_to_struct(&secrets)),
         queue: run.queue.clone().unwrap_or_default(),
     })
 }
 
+/// What Ctrl-C does while a job is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnInterrupt {
+    /// `run`: the first Ctrl-C cancels the job and shows its end, as
+    /// ansible-playbook stops when interrupted; a second one stops following.
+    Cancel,
+    /// `watch`: stop following; the job goes on.
+    Detach,
+}
+
+/// Exit code of a client that stopped following on Ctrl-C (128 + SIGINT).
+const INTERRUPTED: u8 = 130;
+
 /// Follows a job to its end, printing its output as ansible-playbook does,
 /// and resuming with after_sequence when the connection drops.
-async fn follow(client: &mut Client, job_id: &str, painter: &Painter) -> Result<u8, CliError> {
+async fn follow(
+    client: &mut Client,
+    job_id: &str,
+    painter: &Painter,
+    on_interrupt: OnInterrupt,
+) -> Result<u8, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(|e| CliError {
+        message: format!("cannot take Ctrl-C: {e}"),
+        code: 1,
+    })?;
+    let mut canceling = false;
     let mut last = 0u64;
     let mut progress = output::Progress::new(std::io::stderr().is_terminal());
     let mut retries = 0;
@@ -353,7 +521,30 @@ async fn follow(client: &mut Client, job_id: &str, painter: &Painter) -> Result<
             Err(status) => return Err(status.into()),
         };
         loop {
-            match stream.message().await {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                _ = interrupts.recv() => {
+                    progress.clear();
+                    if on_interrupt == OnInterrupt::Cancel && !canceling {
+                        canceling = true;
+                        eprintln!("canceling job {job_id} (Ctrl-C again to stop following it)");
+                        let mut jobs = client.jobs.clone();
+                        let request = client.request(pb::CancelJobRequest { job_id: job_id.to_owned() });
+                        // The end arrives on the watch stream; the answer may take the kill grace.
+                        tokio::spawn(async move {
+                            if let Err(status) = jobs.cancel_job(request).await {
+                                eprintln!("cancel: {:?}: {}", status.code(), status.message());
+                            }
+                        });
+                        continue;
+                    }
+                    eprintln!(
+                        "stopped following job {job_id}; it goes on unless it was canceled: `ansible-runner-service watch {job_id}` follows it, `ansible-runner-service cancel {job_id}` cancels it"
+                    );
+                    return Ok(INTERRUPTED);
+                }
+            };
+            match next {
                 Ok(Some(message)) => {
                     retries = 0;
                     match message.kind {

@@ -143,7 +143,35 @@ pub fn job_details(job: &pb::Job) -> String {
     out
 }
 
+/// A time for JSON: RFC 3339 in UTC, or null.
+fn rfc3339(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .and_then(crate::grpc::convert::from_timestamp)
+        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// The whole job as JSON: what GetJob returns (stdout included when the
+/// server sent it; ListJobs leaves it empty).
 pub fn job_json(job: &pb::Job) -> Value {
+    let structure = |s: &Option<prost_types::Struct>| {
+        Value::Object(
+            s.clone()
+                .map(crate::grpc::convert::struct_to_json)
+                .unwrap_or_default(),
+        )
+    };
+    let inventory = match job.inventory.as_ref().and_then(|i| i.source.as_ref()) {
+        Some(pb::inventory::Source::Hosts(hosts)) => json!({ "hosts": hosts }),
+        Some(pb::inventory::Source::Inline(doc)) => {
+            json!({ "inline": structure(&Some(doc.clone())) })
+        }
+        None => Value::Null,
+    };
+    let options = job.options.as_ref().map(|o| {
+        json!({"check": o.check, "diff": o.diff, "tags": o.tags, "skip_tags": o.skip_tags,
+            "limit": o.limit, "verbosity": o.verbosity, "forks": o.forks})
+    });
     let stats: serde_json::Map<String, Value> = job
         .result
         .iter()
@@ -157,14 +185,22 @@ pub fn job_json(job: &pb::Job) -> Value {
         "job_id": job.job_id,
         "status": status_name(job.status),
         "playbook": job.playbook,
-        "created_at": time(&job.created_at),
-        "started_at": time(&job.started_at),
-        "finished_at": time(&job.finished_at),
+        "extra_vars": structure(&job.extra_vars),
+        "has_secret_extra_vars": job.has_secret_extra_vars,
+        "inventory": inventory,
+        "options": options,
+        "timeout_seconds": job.timeout_seconds,
+        "created_at": rfc3339(&job.created_at),
+        "started_at": rfc3339(&job.started_at),
+        "finished_at": rfc3339(&job.finished_at),
         "rc": job.result.as_ref().map(|r| r.rc),
         "stats": stats,
+        "stdout": job.result.as_ref().map(|r| r.stdout.as_str()),
+        "stdout_truncated": job.result.as_ref().is_some_and(|r| r.stdout_truncated),
         "error": job.error,
         "error_reason": job.error_reason,
         "submitted_by": job.submitted_by,
+        "canceled_by": job.canceled_by,
         "attempt": job.attempt,
     })
 }

@@ -69,6 +69,10 @@ pub enum Error {
         #[source]
         source: Source,
     },
+    /// The service's own configuration is wrong (a flag, a file it names);
+    /// the message names the flag and what to do.
+    #[error("{0}")]
+    Config(String),
     #[error("internal error: {context}")]
     Internal {
         context: String,

@@ -69,10 +69,18 @@ pub struct ApiKeys {
 
 impl ApiKeys {
     pub fn load(path: &Path) -> Result<ApiKeys, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::internal(format!("read API keys file {}", path.display()), e))?;
-        ApiKeys::parse(&text)
-            .map_err(|e| Error::internal(format!("API keys file {}", path.display()), e))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "--api-keys-file (API_KEYS_FILE) {}: {e}; create it with `keys create`",
+                path.display()
+            ))
+        })?;
+        ApiKeys::parse(&text).map_err(|e| {
+            Error::Config(format!(
+                "--api-keys-file (API_KEYS_FILE) {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     pub fn parse(text: &str) -> Result<ApiKeys, String> {

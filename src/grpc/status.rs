@@ -79,6 +79,10 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::Config(message) => {
+                tracing::error!(error = %message, "configuration error");
+                Status::internal("internal error")
+            }
             Error::Internal { context, source } => {
                 tracing::error!(context, error = %error_chain(source.as_ref()), "internal error");
                 Status::internal("internal error")
@@ -92,14 +96,51 @@ fn error_message(violations: &[crate::domain::FieldViolation]) -> String {
     format!("invalid request: {}", parts.join("; "))
 }
 
-/// "outer: inner: innermost", for logs.
+/// "outer: inner: innermost", for logs. A cause whose text is already said
+/// (libraries often repeat their source's message) is not said again.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: String,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn a_repeated_cause_is_said_once() {
+        let inner = Layer {
+            text: "1049 (42000): Unknown database 'x'".into(),
+            source: None,
+        };
+        let middle = Layer {
+            text: "error returned from database: 1049 (42000): Unknown database 'x'".into(),
+            source: Some(Box::new(inner)),
+        };
+        let outer = Layer {
+            text: "connect to the history database".into(),
+            source: Some(Box::new(middle)),
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "connect to the history database: error returned from database: 1049 (42000): Unknown database 'x'"
+        );
+    }
 }

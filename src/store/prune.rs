@@ -16,6 +16,8 @@ const PRUNE_BATCH: u64 = 200;
 pub struct PruneReport {
     pub jobs: u64,
     pub events: u64,
+    /// Jobs by status, in the order of `JobStatus::ALL`.
+    pub by_status: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Store {
@@ -29,15 +31,16 @@ impl Store {
         status: Option<JobStatus>,
         dry_run: bool,
         after: &str,
-    ) -> Result<(Vec<String>, u64), Error> {
+    ) -> Result<(Vec<(String, JobStatus)>, u64), Error> {
         let terminal: Vec<&str> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal() && status.is_none_or(|wanted| wanted == *s))
             .map(JobStatus::as_str)
             .collect();
-        let ids: Vec<String> = jobs::Entity::find()
+        let found: Vec<(String, String)> = jobs::Entity::find()
             .select_only()
             .column(jobs::Column::Id)
+            .column(jobs::Column::Status)
             .filter(jobs::Column::CreatedAt.lt(before))
             .filter(jobs::Column::Status.is_in(terminal.clone()))
             .filter(jobs::Column::Id.gt(after))
@@ -47,9 +50,10 @@ impl Store {
             .all(&self.db)
             .await
             .map_err(|e| db_error("find jobs to prune", e))?;
-        if ids.is_empty() {
-            return Ok((ids, 0));
+        if found.is_empty() {
+            return Ok((Vec::new(), 0));
         }
+        let ids: Vec<String> = found.iter().map(|(id, _)| id.clone()).collect();
         let events = job_events::Entity::find()
             .filter(job_events::Column::JobId.is_in(ids.clone()))
             .count(&self.db)
@@ -73,6 +77,15 @@ impl Store {
                 .await
                 .map_err(|e| db_error("prune jobs", e))?;
         }
-        Ok((ids, events))
+        let found = found
+            .into_iter()
+            .map(|(id, status)| {
+                let status = status
+                    .parse()
+                    .map_err(|e| Error::internal(format!("status of job {id}"), e))?;
+                Ok((id, status))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok((found, events))
     }
 }

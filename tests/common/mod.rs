@@ -263,6 +263,31 @@ pub fn vars(json: serde_json::Value) -> Option<prost_types::Struct> {
     Some(ansible_runner_service::grpc::convert::json_to_struct(&map))
 }
 
+/// `message` with the API key `key` in its `authorization` header.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {key}")).expect("a header value"),
+    );
+    request
+}
+
+/// Submits as the client of `key`; the job created (or found).
+pub async fn submit_as(
+    client: &mut JobServiceClient<Channel>,
+    req: SubmitJobRequest,
+    key: &str,
+) -> pb::Job {
+    client
+        .submit_job(with_key(req, key))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job")
+}
+
 pub fn request(playbook: &str) -> SubmitJobRequest {
     SubmitJobRequest {
         playbook: playbook.into(),

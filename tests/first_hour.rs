@@ -1,0 +1,418 @@
+//! A newcomer's first hour, through the real binary and server: TLS from
+//! the client and the health check, startup mistakes named with their flag,
+//! logs fit for files, Ctrl-C during `run`, and the client's JSON and inputs.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"));
+    command
+        .env_remove("ARS_TOKEN")
+        .env_remove("ARS_SERVER")
+        .env_remove("NO_COLOR");
+    command
+}
+
+fn cli(server: &str, args: &[&str]) -> Output {
+    binary()
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_and_health_talk_tls_and_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("cli-user");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = write("client-ca.pem", &pki.ca);
+    let cert = write("client.pem", &pki.client_cert);
+    let key = write("client.key", &pki.client_key);
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    history.settings.tls = Some(pki.server_tls(dir.path()));
+    let server = TestServer::start_tls(&history.settings).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let (playbooks, no_cert, no_ca, health, plain) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let tls = [
+                "--ca-cert",
+                &ca,
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+            ];
+            let with = |command: &'static str| {
+                let mut args = tls.to_vec();
+                args.push(command);
+                args
+            };
+            (
+                cli(&url, &with("playbooks")),
+                cli(&url, &["--ca-cert", &ca, "playbooks"]),
+                binary()
+                    .args(["--server", &url, "playbooks"])
+                    .env("SSL_CERT_FILE", "/nonexistent")
+                    .output()
+                    .unwrap(),
+                binary()
+                    .args(["health", "--addr", &url])
+                    .args(tls)
+                    .output()
+                    .unwrap(),
+                cli(&url.replace("https", "http"), &with("playbooks")),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        playbooks.status.code(),
+        Some(0),
+        "{}",
+        text(&playbooks.stderr)
+    );
+    assert!(text(&playbooks.stdout).contains("hello.yml"));
+    assert_eq!(
+        no_cert.status.code(),
+        Some(1),
+        "mutual TLS needs the certificate"
+    );
+    assert!(!text(&no_cert.stderr).is_empty());
+    assert_eq!(no_ca.status.code(), Some(1), "an unknown CA is refused");
+    assert_eq!(health.status.code(), Some(0), "{}", text(&health.stderr));
+    assert_eq!(text(&health.stdout).trim(), "SERVING");
+    assert!(
+        text(&plain.stderr).contains("plaintext"),
+        "certificates with http:// are a mistake: {}",
+        text(&plain.stderr)
+    );
+    server.stop().await;
+}
+
+/// `serve` with these arguments on the history at `database_url`; its
+/// output when it exits (it should, at once).
+fn serve_fails(database_url: &str, args: &[&str]) -> Output {
+    let mut child = binary()
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--workers", "0"])
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("PLAYBOOKS_DIR", repo_path("playbooks"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_mistakes_name_their_flag_before_anything_is_announced() {
+    let history = History::new(Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder.yml");
+    std::fs::write(&file, "- hosts: all\n").unwrap();
+    let file = file.display().to_string();
+    let out = tokio::task::spawn_blocking({
+        let url = history.settings.database_url.clone();
+        move || {
+            [
+                serve_fails(&url, &["--playbooks-dir", &file]),
+                serve_fails(
+                    &url,
+                    &[
+                        "--tls-cert",
+                        "/nonexistent/cert.pem",
+                        "--tls-key",
+                        "/nonexistent/key.pem",
+                    ],
+                ),
+                serve_fails(&url, &["--api-keys-file", "/nonexistent/keys"]),
+            ]
+        }
+    })
+    .await
+    .unwrap();
+    let expectations = [
+        ("--playbooks-dir", "is not a folder"),
+        ("--tls-cert", "/nonexistent/cert.pem"),
+        ("--api-keys-file", "keys create"),
+    ];
+    for (out, (flag, words)) in out.iter().zip(expectations) {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(words),
+            "{flag}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("serving"),
+            "nothing announced before the check: {stderr}"
+        );
+        assert!(!stderr.contains('\x1b'), "no colour in a pipe: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_plain_values() {
+    use common::process::ServiceProcess;
+    let history = History::new(Backend::Embedded).await;
+    let process = ServiceProcess::serve(&history.settings, &[("LOG_FORMAT", "json")]).await;
+    let mut client = connect(process.addr.unwrap()).await;
+    submit(&mut client, request("hello.yml")).await;
+    let log = eventually(Duration::from_secs(30), "the RPC's log line", || {
+        let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+        async move { log.contains("SubmitJob").then_some(log) }
+    })
+    .await;
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "serving")
+        .expect("a serving line");
+    let addr = serving["fields"]["addr"].as_str().unwrap();
+    assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "{addr}");
+    let rpc = lines
+        .iter()
+        .find(|l| l["fields"]["method"] == "/ansible_runner.v1.JobService/SubmitJob")
+        .expect("the RPC line");
+    let latency = rpc["fields"]["latency_ms"].as_f64().unwrap();
+    let printed = rpc["fields"]["latency_ms"].to_string();
+    assert!(
+        printed.split('.').nth(1).is_none_or(|d| d.len() <= 3),
+        "latency in whole microseconds: {printed}"
+    );
+    assert!(latency >= 0.0);
+    assert!(!log.contains('\x1b'), "no colour in a log file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_run_cancels_the_job_and_shows_its_end() {
+    use std::io::BufRead;
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&history.settings).await;
+    let addr = server.addr.to_string();
+    let mut child = binary()
+        .args(["--server", &addr, "run", "slow.yml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (job_id, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let first = lines.next().unwrap().unwrap();
+        (first.strip_prefix("job ").unwrap().to_owned(), lines)
+    })
+    .await
+    .unwrap();
+    let mut client = server.client.clone();
+    eventually(Duration::from_secs(60), "the job to run", || {
+        let mut client = client.clone();
+        let id = job_id.clone();
+        async move {
+            (status(&get(&mut client, &id).await) == ansible_runner_service::pb::JobStatus::Running)
+                .then_some(())
+        }
+    })
+    .await;
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (code, said) = tokio::task::spawn_blocking(move || {
+        let said: Vec<String> = rest.map_while(Result::ok).collect();
+        (child.wait().unwrap().code(), said.join("\n"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code,
+        Some(4),
+        "canceled, like ansible-playbook's exit codes: {said}"
+    );
+    assert!(said.contains(&format!("canceling job {job_id}")), "{said}");
+    assert!(said.contains("CANCELED"), "the job's end is shown: {said}");
+    let job = get(&mut client, &job_id).await;
+    assert_eq!(
+        status(&job),
+        ansible_runner_service::pb::JobStatus::Canceled
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_json_and_inputs_are_complete() {
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&history.settings).await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let vars_file = dir.path().join("vars.yml");
+    std::fs::write(&vars_file, "who: from-file\ncount: 3\n").unwrap();
+    let at_file = format!("@{}", vars_file.display());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = cli(
+            &addr,
+            &[
+                "run",
+                "hello.yml",
+                "-e",
+                &at_file,
+                "-e",
+                r#"{"who": "json", "n": [1]}"#,
+                "-e",
+                "who=Ada",
+                "--secret",
+                "token=hunter22",
+                "--limit",
+                "localhost",
+            ],
+        );
+        let list = cli(&addr, &["list", "--json"]);
+        let playbooks = cli(&addr, &["playbooks", "--json"]);
+        let bad_status = cli(&addr, &["list", "--status", "done"]);
+        let missing = cli(&addr, &["run", "nope.yml"]);
+        (run, list, playbooks, bad_status, missing)
+    })
+    .await
+    .unwrap();
+    let (run, list, playbooks, bad_status, missing) = outputs;
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("Hello, Ada!"), "later -e wins");
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let job_id = listed[0]["job_id"].as_str().unwrap().to_owned();
+    let created = listed[0]["created_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "RFC 3339: {created}"
+    );
+    let get = tokio::task::spawn_blocking({
+        let addr = server.addr.to_string();
+        move || cli(&addr, &["get", &job_id, "--json"])
+    })
+    .await
+    .unwrap();
+    let job: Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(job["extra_vars"]["who"], "Ada");
+    assert_eq!(job["extra_vars"]["count"], 3);
+    assert_eq!(job["extra_vars"]["n"], serde_json::json!([1]));
+    assert_eq!(job["has_secret_extra_vars"], true);
+    assert!(
+        !text(&get.stdout).contains("hunter22"),
+        "secrets never shown"
+    );
+    assert_eq!(job["options"]["limit"], "localhost");
+    assert!(job["stdout"].as_str().unwrap().contains("Hello, Ada!"));
+    let names: Value = serde_json::from_slice(&playbooks.stdout).unwrap();
+    assert!(names
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "hello.yml"));
+    assert_eq!(bad_status.status.code(), Some(1));
+    assert!(text(&bad_status.stderr).contains("pending, running, successful"));
+    assert!(text(&missing.stderr).contains("playbooks` lists the catalogue"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_token_names_the_flag() {
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (_, client) = ansible_runner_service::grpc::auth::new_key(
+        "someone",
+        ansible_runner_service::domain::Scopes::full(),
+    )
+    .unwrap();
+    std::fs::write(&keys, client.line()).unwrap();
+    history.settings.api_keys_file = Some(keys);
+    let server = TestServer::start(&history.settings).await;
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || cli(&addr, &["playbooks"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--token or ARS_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.stop().await;
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .args(["serve", "--listen", "localhost:0", "--workers", "0"])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/h.db", dir.path().display()),
+        )
+        .env("PLAYBOOKS_DIR", repo_path("playbooks"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let serving = {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("serving") || l.contains("error"))
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = serving.unwrap_or_default();
+    assert!(
+        line.contains("serving") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_processes_without_redis_are_warned_about() {
+    use common::process::ServiceProcess;
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    let api = ServiceProcess::serve(&history.settings, &[]).await;
+    let worker = ServiceProcess::worker(&history.settings);
+    for (process, words) in [(&api, "without workers"), (&worker, "separate worker")] {
+        let log = eventually(Duration::from_secs(30), "the warning", || {
+            let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+            async move { log.contains("REDIS_URL").then_some(log) }
+        })
+        .await;
+        assert!(log.contains("WARN") && log.contains(words), "{log}");
+    }
+}
