@@ -19,11 +19,19 @@ use crate::worker::{ExecutorKind, DEFAULT_STDOUT_CAP};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
-    pub log_format: LogFormat,
-    #[command(flatten)]
-    pub client: crate::cli::ClientArgs,
+}
+
+impl Command {
+    /// How a server command logs (client commands print, they do not log).
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Command::Serve(args) => args.run.store.log_format,
+            Command::Worker(args) => args.run.store.log_format,
+            Command::Migrate(store) => store.log_format,
+            Command::Prune(args) => args.store.log_format,
+            Command::Health(_) | Command::Keys(_) | Command::Client(_) => LogFormat::Human,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -169,9 +177,11 @@ impl KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// Address of the server.
+    /// Address of the server: host:port, http://... or https://...
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: String,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +193,9 @@ pub struct StoreArgs {
         default_value = "sqlite://data/ansible-runner.db"
     )]
     pub database_url: String,
+    /// Log format on stderr (RUST_LOG filters).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +203,7 @@ pub struct ServeArgs {
     /// Address of the gRPC API: HOST:PORT, the host a name (localhost) or an address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// File of API keys (`<client> <sha256 hex>` lines, see `keys create`); unset: no authentication.
+    /// File of API keys and their scopes (see `keys create`), re-read when it changes; unset: no authentication.
     #[arg(long, env = "API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Server certificate (PEM); with --tls-key, serves TLS.
@@ -214,6 +227,8 @@ pub struct ServeArgs {
     /// Address of the Prometheus metrics endpoint (GET /metrics); unset: none.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -264,6 +279,11 @@ pub struct RunArgs {
     /// Seconds running jobs may go on after SIGTERM/SIGINT before they are canceled (SHUTDOWN).
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+}
+
+/// What a submission may ask for: read by the API server (`serve`) only.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
     /// Timeout of a job that sets none.
     #[arg(long, env = "DEFAULT_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub default_timeout_seconds: u32,
@@ -284,6 +304,20 @@ pub struct RunArgs {
     pub max_pending_per_client: usize,
 }
 
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_hosts: self.max_hosts,
+            max_forks: self.max_forks,
+            default_timeout_seconds: self.default_timeout_seconds,
+            max_timeout_seconds: self.max_timeout_seconds,
+            allow_ansible_vars: self.allow_ansible_vars,
+            max_pending_per_client: self.max_pending_per_client,
+            ..Limits::default()
+        }
+    }
+}
+
 impl RunArgs {
     pub fn settings(&self) -> Settings {
         Settings {
@@ -299,15 +333,8 @@ impl RunArgs {
             queues: self.queues.clone(),
             ansible_playbook: self.ansible_playbook.clone(),
             executor: self.executor,
-            limits: Limits {
-                max_hosts: self.max_hosts,
-                max_forks: self.max_forks,
-                default_timeout_seconds: self.default_timeout_seconds,
-                max_timeout_seconds: self.max_timeout_seconds,
-                allow_ansible_vars: self.allow_ansible_vars,
-                max_pending_per_client: self.max_pending_per_client,
-                ..Limits::default()
-            },
+            // Limits are the API server's (ServeArgs sets them).
+            limits: Limits::default(),
             lease: Duration::from_secs(self.lease_seconds.max(3)),
             sweep_interval: Duration::from_secs(self.sweep_interval_seconds.max(1)),
             redispatch_after: Duration::from_secs(self.redispatch_after_seconds),
@@ -340,6 +367,7 @@ impl ServeArgs {
             max_watches_per_client: self.max_watches_per_client,
             prune_older_than: self.prune_older_than,
             metrics_listen: self.metrics_listen,
+            limits: self.limits.limits(),
             ..self.run.settings()
         }
     }

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Client(command) = cli.command {
-        return match ansible_runner_service::cli::run(cli.client, command).await {
+        return match ansible_runner_service::cli::run(command).await {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("error: {}", e.message);
@@ -21,13 +21,14 @@ async fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(cli.log_format);
-    match run(cli.command, &cli.client).await {
+    let log_format = cli.command.log_format();
+    init_tracing(log_format);
+    match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Said once: a JSON log line for machines, a plain line for people.
             let text = ansible_runner_service::grpc::error_chain(&e);
-            match cli.log_format {
+            match log_format {
                 LogFormat::Json => tracing::error!("{text}"),
                 LogFormat::Human => eprintln!("error: {text}"),
             }
@@ -36,10 +37,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    command: Command,
-    client: &ansible_runner_service::cli::ClientArgs,
-) -> Result<(), Error> {
+async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url).await?;
@@ -48,7 +46,7 @@ async fn run(
             store.close().await;
             Ok(())
         }
-        Command::Health(args) => health(&args.addr, client).await,
+        Command::Health(args) => health(&args.addr, &args.tls).await,
         Command::Keys(KeysCommand::Create {
             name,
             file,
@@ -162,12 +160,12 @@ async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Er
 }
 
 /// Exits successfully only when the server reports the JobService SERVING.
-async fn health(addr: &str, client: &ansible_runner_service::cli::ClientArgs) -> Result<(), Error> {
+async fn health(addr: &str, tls: &ansible_runner_service::cli::TlsClientArgs) -> Result<(), Error> {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     let channel =
-        ansible_runner_service::cli::channel(addr, client, std::time::Duration::from_secs(3))
+        ansible_runner_service::cli::channel(addr, tls, std::time::Duration::from_secs(3))
             .await
             .map_err(|e| Error::Unavailable {
                 what: "the server",

@@ -32,7 +32,7 @@ async fn run_prints_like_ansible_playbook_and_exits_with_the_result() {
         (
             cli(&addr, &["run", "hello.yml", "-e", "who=CLI"]),
             cli(&addr, &["run", "fail.yml"]),
-            cli(&addr, &["--color", "always", "run", "hello.yml"]),
+            cli(&addr, &["run", "--color", "always", "hello.yml"]),
             cli(&addr, &["list"]),
             cli(&addr, &["list", "--json", "--status", "failed"]),
             cli(&addr, &["playbooks"]),

@@ -19,11 +19,12 @@ fn binary() -> Command {
     command
 }
 
+/// A client command (`args[0]`) against `server`, with the rest of `args`.
 fn cli(server: &str, args: &[&str]) -> Output {
     binary()
-        .arg("--server")
-        .arg(server)
-        .args(args)
+        .arg(args[0])
+        .args(["--server", server])
+        .args(&args[1..])
         .output()
         .unwrap()
 }
@@ -61,15 +62,15 @@ async fn the_client_and_health_talk_tls_and_mutual_tls() {
                 &key,
             ];
             let with = |command: &'static str| {
-                let mut args = tls.to_vec();
-                args.push(command);
+                let mut args = vec![command];
+                args.extend(tls);
                 args
             };
             (
                 cli(&url, &with("playbooks")),
-                cli(&url, &["--ca-cert", &ca, "playbooks"]),
+                cli(&url, &["playbooks", "--ca-cert", &ca]),
                 binary()
-                    .args(["--server", &url, "playbooks"])
+                    .args(["playbooks", "--server", &url])
                     .env("SSL_CERT_FILE", "/nonexistent")
                     .output()
                     .unwrap(),
@@ -222,7 +223,7 @@ async fn ctrl_c_during_run_cancels_the_job_and_shows_its_end() {
     let server = TestServer::start(&history.settings).await;
     let addr = server.addr.to_string();
     let mut child = binary()
-        .args(["--server", &addr, "run", "slow.yml"])
+        .args(["run", "--server", &addr, "slow.yml"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -414,5 +415,80 @@ async fn split_processes_without_redis_are_warned_about() {
         })
         .await;
         assert!(log.contains("WARN") && log.contains(words), "{log}");
+    }
+}
+
+/// Every command's help: only the flags that apply to it, each with a line
+/// of help.
+#[test]
+fn each_command_shows_only_its_own_flags_each_explained() {
+    let help = |command: &[&str]| {
+        let out = binary().args(command).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{command:?} --help");
+        text(&out.stdout)
+    };
+    let client_flags = ["--server", "--token", "--color"];
+    let submit_limits = [
+        "--max-forks",
+        "--max-hosts",
+        "--allow-ansible-vars",
+        "--max-pending-per-client",
+    ];
+    let commands: &[&[&str]] = &[
+        &["serve"],
+        &["worker"],
+        &["migrate"],
+        &["prune"],
+        &["health"],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "revoke"],
+        &["run"],
+        &["get"],
+        &["list"],
+        &["watch"],
+        &["cancel"],
+        &["playbooks"],
+    ];
+    for command in commands {
+        let text = help(command);
+        let server_side = !matches!(
+            command[0],
+            "run" | "get" | "list" | "watch" | "cancel" | "playbooks"
+        );
+        for flag in client_flags {
+            assert_eq!(
+                text.contains(flag),
+                !server_side,
+                "{command:?} --help and {flag}:\n{text}"
+            );
+        }
+        for flag in submit_limits {
+            assert_eq!(
+                text.contains(flag),
+                command == &["serve"],
+                "{command:?} --help and {flag}:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.contains("--log-format"),
+            matches!(command[0], "serve" | "worker" | "migrate" | "prune"),
+            "{command:?} --help and --log-format:\n{text}"
+        );
+        // Each option and argument says what it is for.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let item = line.trim_start();
+            let is_item =
+                line.starts_with("  ") && (item.starts_with('-') || item.starts_with('<'));
+            if !is_item {
+                continue;
+            }
+            let explained = item.split("  ").filter(|s| !s.trim().is_empty()).count() > 1
+                || lines
+                    .get(i + 1)
+                    .is_some_and(|next| next.starts_with("          "));
+            assert!(explained, "{command:?}: no help for {item:?}:\n{text}");
+        }
     }
 }

@@ -19,28 +19,32 @@ use crate::pb::{self, watch_job_response::Kind};
 
 pub use output::Painter;
 
-/// Where the server is and who is calling.
+/// Where the server is and who is calling: the flags of every client command.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// The server's address.
-    #[arg(
-        long,
-        env = "ARS_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    /// The server's address: host:port, http://... or https://...
+    #[arg(long, env = "ARS_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// API key, sent as `authorization: Bearer <token>`.
-    #[arg(long, env = "ARS_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = "ARS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
+    /// Colour the output: auto (when a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// Certificates for an https:// server (client commands and `health`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TlsClientArgs {
     /// CA certificate (PEM) of an https:// server; default: the system's CAs (SSL_CERT_FILE is honoured).
-    #[arg(long, env = "ARS_CA_CERT", global = true, value_name = "PEM")]
+    #[arg(long, env = "ARS_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<std::path::PathBuf>,
     /// Client certificate (PEM) for a server that asks for one (mutual TLS); with --client-key.
     #[arg(
         long,
         env = "ARS_CLIENT_CERT",
-        global = true,
         value_name = "PEM",
         requires = "client_key"
     )]
@@ -49,14 +53,10 @@ pub struct ClientArgs {
     #[arg(
         long,
         env = "ARS_CLIENT_KEY",
-        global = true,
         value_name = "PEM",
         requires = "client_cert"
     )]
     pub client_key: Option<std::path::PathBuf>,
-    /// Colour the output: auto (when a terminal), always, never.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
-    pub color: ColorChoice,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +77,8 @@ pub enum ClientCommand {
         /// Print the job as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List jobs, newest first.
     List(ListArgs),
@@ -84,24 +86,46 @@ pub enum ClientCommand {
     Watch {
         /// The job's id.
         job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Cancel a job.
     Cancel {
         /// The job's id.
         job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List the playbooks that can be run.
     Playbooks {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
+}
+
+impl ClientCommand {
+    /// The server and credentials the command was given.
+    pub fn client_args(&self) -> &ClientArgs {
+        match self {
+            ClientCommand::Run(run) => &run.client,
+            ClientCommand::List(list) => &list.client,
+            ClientCommand::Get { client, .. }
+            | ClientCommand::Watch { client, .. }
+            | ClientCommand::Cancel { client, .. }
+            | ClientCommand::Playbooks { client, .. } => client,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The playbook's name in the catalogue, e.g. hello.yml.
     pub playbook: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Extra variables, as ansible-playbook takes them: KEY=VALUE (VALUE may be JSON), a JSON object, or @FILE of JSON or YAML; repeatable, later ones win.
     #[arg(short = 'e', long = "extra-vars", value_name = "VARS")]
     pub extra_vars: Vec<String>,
@@ -142,6 +166,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Only jobs in this status (pending, running, successful, failed, canceled, timed_out).
     #[arg(long)]
     pub status: Option<String>,
@@ -199,7 +225,7 @@ struct Client {
 /// over TLS for https:// with the CA and client certificate of `args`.
 pub async fn channel(
     server: &str,
-    args: &ClientArgs,
+    args: &TlsClientArgs,
     timeout: Duration,
 ) -> Result<Channel, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -248,7 +274,7 @@ fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
 impl Client {
     async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
         let fail = |message: String| CliError { message, code: 1 };
-        let channel = channel(&args.server, args, Duration::from_secs(5))
+        let channel = channel(&args.server, &args.tls, Duration::from_secs(5))
             .await
             .map_err(fail)?;
         let token = match &args.token {
@@ -276,7 +302,8 @@ impl Client {
 }
 
 /// Runs a client command; returns the process exit code.
-pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliError> {
+pub async fn run(command: ClientCommand) -> Result<u8, CliError> {
+    let args = command.client_args().clone();
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
@@ -300,10 +327,10 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
             eprintln!("job {}", job.job_id);
             follow(&mut client, &job.job_id, &painter, OnInterrupt::Cancel).await
         }
-        ClientCommand::Watch { job_id } => {
+        ClientCommand::Watch { job_id, .. } => {
             follow(&mut client, &job_id, &painter, OnInterrupt::Detach).await
         }
-        ClientCommand::Get { job_id, json } => {
+        ClientCommand::Get { job_id, json, .. } => {
             let job = client
                 .jobs
                 .get_job(client.request(pb::GetJobRequest { job_id }))
@@ -359,7 +386,7 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
             }
             Ok(0)
         }
-        ClientCommand::Cancel { job_id } => {
+        ClientCommand::Cancel { job_id, .. } => {
             let job = client
                 .jobs
                 .cancel_job(client.request(pb::CancelJobRequest { job_id }))
@@ -370,7 +397,7 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<u8, CliErro
             println!("{} {}", job.job_id, painter.status(job.status));
             Ok(0)
         }
-        ClientCommand::Playbooks { json } => {
+        ClientCommand::Playbooks { json, .. } => {
             let playbooks = client
                 .jobs
                 .list_playbooks(client.request(pb::ListPlaybooksRequest {}))
