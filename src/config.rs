@@ -119,6 +119,15 @@ pub struct StoreArgs {
         default_value = "sqlite://data/ansible-runner.db"
     )]
     pub database_url: String,
+    /// Seconds to keep trying to reach the history database (and Redis) at start, with backoff, before giving up.
+    #[arg(long, env = "CONNECT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub connect_timeout_seconds: u64,
+}
+
+impl StoreArgs {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +221,9 @@ pub struct RunArgs {
     /// Let extra_vars set ansible_* variables.
     #[arg(long, env = "ALLOW_ANSIBLE_VARS", default_value_t = false)]
     pub allow_ansible_vars: bool,
+    /// Do not apply migrations at start, only check that the schema is the one this binary knows (run `migrate` separately).
+    #[arg(long, env = "NO_MIGRATE", default_value_t = false)]
+    pub no_migrate: bool,
 }
 
 impl RunArgs {
@@ -248,6 +260,8 @@ impl RunArgs {
             max_watches_per_client: 100,
             prune_older_than: None,
             metrics_listen: None,
+            connect_timeout: self.store.connect_timeout(),
+            migrate: !self.no_migrate,
         }
     }
 }
