@@ -6,8 +6,8 @@
 //! Times are stored as BIGINT microseconds since the Unix epoch (UTC): the same
 //! exact ordering and precision on every backend, with no time-zone conversion.
 //!
-//! Rules for every migration (tests/startup.rs checks the first one by killing
-//! `migrate` after each step and running it again):
+//! Rules for every migration (tests/startup.rs kills `migrate` after each step
+//! of each migration, runs it again and compares the schema with a clean run):
 //! - **Re-runnable.** MariaDB cannot roll back DDL, so a process killed half-way
 //!   leaves some steps done and the migration unrecorded. Change the schema only
 //!   through [`Guarded`] (`create_table`, `create_index`, `add_column`, or

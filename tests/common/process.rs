@@ -58,6 +58,11 @@ impl ServiceProcess {
                 settings.shutdown_grace.as_secs().to_string(),
             )
             .env("EXECUTOR", settings.executor.as_str())
+            .env(
+                "CONNECT_TIMEOUT_SECONDS",
+                settings.connect_timeout.as_secs().to_string(),
+            )
+            .env("NO_MIGRATE", (!settings.migrate).to_string())
             .env("RUST_LOG", "info")
             .env_remove("LISTEN_ADDR")
             .stdin(Stdio::null());
@@ -85,6 +90,32 @@ impl ServiceProcess {
     pub async fn serve(settings: &Settings, extra_env: &[(&str, &str)]) -> ServiceProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         Self::serve_on(settings, addr, extra_env).await
+    }
+
+    /// `serve` on `addr`, without waiting for it to listen.
+    pub fn start_serve(
+        settings: &Settings,
+        addr: SocketAddr,
+        extra_env: &[(&str, &str)],
+    ) -> ServiceProcess {
+        let mut command = Self::command(settings, "serve", extra_env);
+        command.arg("--listen").arg(addr.to_string());
+        Self::spawn(command, "serve", Some(addr))
+    }
+
+    /// `worker` with the settings' concurrency and extra environment.
+    pub fn start_worker(settings: &Settings, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        Self::spawn(Self::command(settings, "worker", extra_env), "worker", None)
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Its whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `serve` on `addr`; returns once it answers.
@@ -180,7 +211,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port()).await
+    }
+
+    /// On `port` (e.g. one a service was told about before Redis was up).
+    pub async fn start_on(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = Self::spawn(port, &dir);
         let server = RedisServer { child, port, dir };
