@@ -443,6 +443,8 @@ pub async fn serve_when_connected(
     tokio::pin!(connecting);
 
     let connected = tokio::select! {
+        // A state already connected is in place before the first request.
+        biased;
         connected = &mut connecting => connected,
         served = &mut serving => {
             return served.map_err(|e| Error::internal("serve gRPC", e));

@@ -10,31 +10,11 @@ use std::time::Duration;
 
 use ansible_runner_service::app::Settings;
 use ansible_runner_service::pb;
-use common::process::{free_port, RedisServer, ServiceProcess};
+use common::process::{free_port, health, RedisServer, ServiceProcess};
 use common::*;
 use migration::MigratorTrait;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// What grpc.health.v1 says about the JobService; None while nothing answers.
-async fn health(addr: SocketAddr) -> Option<ServingStatus> {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    let mut client = HealthClient::new(channel);
-    let answer = client
-        .check(HealthCheckRequest {
-            service: "ansible_runner.v1.JobService".into(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(answer.into_inner().status).ok()
-}
 
 async fn until_serving(process: &mut ServiceProcess, limit: Duration) {
     let addr = process.addr.expect("a serve process");
@@ -308,6 +288,26 @@ async fn a_binary_refuses_a_schema_newer_than_it_knows(backend: Backend) {
         let text = stderr(&refused);
         assert!(text.contains(&expected), "{args:?}: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_ends_the_process_at_once() {
+    let mut history = History::new(Backend::Shared).await;
+    history.settings.database_url = format!("{}/ars_t_no_such_database", mysql_server_url());
+    let refused = run_binary(
+        &history.settings,
+        &["migrate"],
+        &[("CONNECT_TIMEOUT_SECONDS", "600")],
+    );
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(
+        text.contains("connect to the history database at mysql://")
+            && text.contains("ars_t_no_such_database")
+            && text.contains("Unknown database"),
+        "{text}"
+    );
+    assert!(!text.contains("not reachable yet"), "no retry: {text}");
 }
 
 /// During a rolling upgrade the previous release keeps running on the

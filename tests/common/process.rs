@@ -16,6 +16,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What grpc.health.v1 at `addr` says about the JobService; None while
+/// nothing answers.
+pub async fn health(
+    addr: SocketAddr,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "ansible_runner.v1.JobService".into(),
+        })
+        .await
+        .ok()?;
+    answer.into_inner().status.try_into().ok()
+}
+
 fn log_file(name: &str) -> (PathBuf, std::fs::File) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
     std::fs::create_dir_all(&dir).unwrap();
@@ -118,20 +140,22 @@ impl ServiceProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `serve` on `addr`; returns once it answers.
+    /// `serve` on `addr`; returns once its health says SERVING (it listens
+    /// earlier, while it connects its history and live state).
     pub async fn serve_on(
         settings: &Settings,
         addr: SocketAddr,
         extra_env: &[(&str, &str)],
     ) -> ServiceProcess {
+        use tonic_health::pb::health_check_response::ServingStatus;
         let mut command = Self::command(settings, "serve", extra_env);
         command.arg("--listen").arg(addr.to_string());
         let process = Self::spawn(command, "serve", Some(addr));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        while health(addr).await != Some(ServingStatus::Serving) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "serve did not listen; log: {}",
+                "serve did not become SERVING; log: {}",
                 process.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
