@@ -153,6 +153,14 @@ fn prepare_sqlite(url: &str) -> Result<String, Error> {
 pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
     use sea_orm::sqlx::Error as Sqlx;
     let unavailable = match &e {
+        // The server refused the connection for good (a wrong password, an
+        // unknown database) or the URL is wrong: waiting will not help.
+        DbErr::Conn(RuntimeErr::SqlxError(Sqlx::Database(db))) => {
+            ["Too many connections", "server is shutting down"]
+                .iter()
+                .any(|transient| db.message().contains(transient))
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(Sqlx::Configuration(_))) => false,
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
             match inner {
@@ -170,6 +178,7 @@ pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
                         "Lock wait timeout",
                         "server has gone away",
                         "Lost connection",
+                        "Too many connections",
                     ]
                     .iter()
                     .any(|transient| message.contains(transient))
