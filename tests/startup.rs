@@ -270,6 +270,16 @@ async fn a_binary_refuses_a_schema_newer_than_it_knows(backend: Backend) {
     );
     let migrated = run_binary(&history.settings, &["migrate"], &[]);
     assert!(migrated.status.success(), "{}", stderr(&migrated));
+    // Once `migrate` ran, `--no-migrate` serves.
+    let mut checked_only = history.settings.clone();
+    checked_only.migrate = false;
+    let server = ServiceProcess::serve(&checked_only, &[]).await;
+    runs_a_job(server.addr.unwrap()).await;
+    let log = server.log_text();
+    assert!(
+        log.contains("the history's schema is current") && !log.contains("applying migrations")
+    );
+    drop(server);
 
     // A newer release migrated the history since.
     let store = history.store().await;
