@@ -18,6 +18,7 @@ use crate::grpc::auth::{Access, KeyRing};
 use crate::grpc::JobApi;
 use crate::live::{self, LiveState};
 use crate::pb::job_service_server::JobServiceServer;
+use crate::startup::{self, redact};
 use crate::store::{PruneReport, Store};
 use crate::worker::{Executor, ExecutorKind, Sweeper, Worker, WorkerTiming, DEFAULT_STDOUT_CAP};
 
@@ -54,6 +55,10 @@ pub struct Settings {
     pub prune_older_than: Option<Duration>,
     /// Where to serve Prometheus metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long to keep trying to reach the history database and Redis at start.
+    pub connect_timeout: Duration,
+    /// Apply pending migrations at start (else only check the schema is current).
+    pub migrate: bool,
 }
 
 /// PEM files for TLS; with a client CA, clients need a certificate it signed.
@@ -91,9 +96,14 @@ impl Settings {
             max_watches_per_client: 100,
             prune_older_than: None,
             metrics_listen: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            migrate: true,
         }
     }
 }
+
+/// How long a process waits for its history database and Redis at start.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What request handlers share.
 pub struct AppState {
@@ -110,13 +120,27 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Connects the history (applying migrations) and the live state.
+    /// Connects the history (applying migrations, or checking the schema
+    /// with `migrate` off) and the live state, waiting up to
+    /// `connect_timeout` for each to be reachable.
     pub async fn connect(settings: &Settings) -> Result<Arc<AppState>, Error> {
         let catalogue = Catalogue::open(&settings.playbooks_dir)?;
-        let store = Store::connect(&settings.database_url).await?;
-        store.migrate().await?;
+        let store = connect_store(&settings.database_url, settings.connect_timeout).await?;
+        if settings.migrate {
+            store.migrate().await?;
+        } else {
+            store.check_schema().await?;
+        }
         let page_key = store.service_secret("page_token").await?;
-        let live = live::connect(settings.redis_url.as_deref(), &settings.redis_prefix).await?;
+        let live = match settings.redis_url.as_deref() {
+            Some(url) => {
+                startup::retry("Redis", &redact(url), settings.connect_timeout, || {
+                    live::connect(Some(url), &settings.redis_prefix)
+                })
+                .await?
+            }
+            None => live::connect(None, &settings.redis_prefix).await?,
+        };
         Ok(Arc::new(AppState {
             store,
             live,
@@ -155,6 +179,14 @@ impl AppState {
         self.live.close().await;
         self.store.clone().close().await;
     }
+}
+
+/// The history database, waiting up to `timeout` for it to be reachable.
+pub async fn connect_store(url: &str, timeout: Duration) -> Result<Store, Error> {
+    startup::retry("the history database", &redact(url), timeout, || {
+        Store::connect(url)
+    })
+    .await
 }
 
 fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {
@@ -378,9 +410,22 @@ pub async fn serve(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    serve_when_connected(listener, async { Ok(state) }, settings, shutdown).await
+}
+
+/// As [`serve`], but the port serves at once while `connecting` runs (the
+/// history database and Redis may not be up yet): health says NOT_SERVING
+/// and JobService calls answer UNAVAILABLE until it is done. If it fails,
+/// the server stops and the error is returned.
+pub async fn serve_when_connected(
+    listener: TcpListener,
+    connecting: impl std::future::Future<Output = Result<Arc<AppState>, Error>>,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<JobApi>>().await;
+    health.set_not_serving::<JobServiceServer<JobApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -401,7 +446,6 @@ pub async fn serve(
         })?;
     }
     let access = access(settings, &shutdown)?;
-    let workers_settings = settings.clone();
     if settings.workers > 0 {
         find_ansible_playbook(&settings.ansible_playbook)?;
     }
@@ -413,24 +457,6 @@ pub async fn serve(
         })?;
         tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
     }
-    let workers = tokio::spawn({
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        async move { run_workers(state, &workers_settings, shutdown).await }
-    });
-
-    tracing::info!(
-        addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
-        workers = settings.workers,
-        tls = settings.tls.is_some(),
-        "serving"
-    );
-    let api = JobServiceServer::new(JobApi::new(state.clone(), shutdown.clone()))
-        .max_decoding_message_size(settings.max_request_bytes);
-    let api = tonic::service::interceptor::InterceptedService::new(
-        api,
-        crate::grpc::auth::interceptor(access),
-    );
     let stopping = {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -440,7 +466,8 @@ pub async fn serve(
             tracing::info!("shutting down: no new requests or jobs");
         }
     };
-    let served = server
+    let api = crate::grpc::WhenReady::default();
+    let serving = server
         .layer(crate::metrics::RpcLayer)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
@@ -448,10 +475,49 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api)
-        .serve_with_incoming_shutdown(incoming(listener), stopping)
-        .await
-        .map_err(|e| Error::internal("serve gRPC", e));
+        .add_service(api.clone())
+        .serve_with_incoming_shutdown(incoming(listener), stopping);
+    tokio::pin!(serving);
+    tokio::pin!(connecting);
+
+    let connected = tokio::select! {
+        // A state already connected is in place before the first request.
+        biased;
+        connected = &mut connecting => connected,
+        served = &mut serving => {
+            return served.map_err(|e| Error::internal("serve gRPC", e));
+        }
+    };
+    let state = match connected {
+        Ok(state) => state,
+        Err(e) => {
+            shutdown.cancel();
+            let _ = serving.await;
+            return Err(e);
+        }
+    };
+    let workers = tokio::spawn({
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        let settings = settings.clone();
+        async move { run_workers(state, &settings, shutdown).await }
+    });
+    let job_service = JobServiceServer::new(JobApi::new(state.clone(), shutdown.clone()))
+        .max_decoding_message_size(settings.max_request_bytes);
+    api.set(tonic::service::interceptor::InterceptedService::new(
+        job_service,
+        crate::grpc::auth::interceptor(access),
+    ));
+    if !shutdown.is_cancelled() {
+        health.set_serving::<JobServiceServer<JobApi>>().await;
+    }
+    tracing::info!(
+        addr = %addr.map(|a| a.to_string()).unwrap_or_default(),
+        workers = settings.workers,
+        tls = settings.tls.is_some(),
+        "serving"
+    );
+    let served = serving.await.map_err(|e| Error::internal("serve gRPC", e));
     // If the server failed on its own, stop the workers too.
     shutdown.cancel();
     match workers.await {

@@ -196,6 +196,15 @@ pub struct StoreArgs {
     /// Log format on stderr (RUST_LOG filters).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Seconds to keep trying to reach the history database (and Redis) at start, with backoff, before giving up.
+    #[arg(long, env = "CONNECT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub connect_timeout_seconds: u64,
+}
+
+impl StoreArgs {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +288,9 @@ pub struct RunArgs {
     /// Seconds running jobs may go on after SIGTERM/SIGINT before they are canceled (SHUTDOWN).
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// Do not apply migrations at start, only check that the schema is the one this binary knows (run `migrate` separately).
+    #[arg(long, env = "NO_MIGRATE", default_value_t = false)]
+    pub no_migrate: bool,
 }
 
 /// What a submission may ask for: read by the API server (`serve`) only.
@@ -347,6 +359,8 @@ impl RunArgs {
             max_watches_per_client: 100,
             prune_older_than: None,
             metrics_listen: None,
+            connect_timeout: self.store.connect_timeout(),
+            migrate: !self.no_migrate,
         }
     }
 }

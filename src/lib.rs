@@ -7,7 +7,8 @@
 //! - [`live`]: live state, dispatch and fan-out (Redis via fred, or in-process);
 //! - [`worker`]: claiming, leases, running playbooks, the sweeper;
 //! - [`catalogue`]: the playbooks that may be run;
-//! - [`app`]: wiring shared by the binary and the tests.
+//! - [`app`]: wiring shared by the binary and the tests;
+//! - [`startup`]: waiting for the history database and Redis at start.
 
 pub mod app;
 pub mod catalogue;
@@ -18,5 +19,6 @@ pub mod grpc;
 pub mod live;
 pub mod metrics;
 pub mod pb;
+pub mod startup;
 pub mod store;
 pub mod worker;

@@ -4,7 +4,6 @@ use ansible_runner_service::app::{self, AppState};
 use ansible_runner_service::cli::keys;
 use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
-use ansible_runner_service::store::Store;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -40,11 +39,10 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Migrate(args) => {
-            let store = Store::connect(&args.database_url).await?;
-            store.migrate().await?;
-            tracing::info!("migrations applied");
+            let store = app::connect_store(&args.database_url, args.connect_timeout()).await?;
+            let result = store.migrate().await;
             store.close().await;
-            Ok(())
+            result
         }
         Command::Health(args) => health(&args.addr, &args.tls).await,
         Command::Keys(KeysCommand::Create {
@@ -74,7 +72,8 @@ async fn run(command: Command) -> Result<(), Error> {
                      give every process the same Redis"
                 );
             }
-            let state = AppState::connect(&settings).await?;
+            // Listen first: health answers NOT_SERVING while the history
+            // database and Redis are being reached.
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .map_err(|e| {
@@ -83,7 +82,8 @@ async fn run(command: Command) -> Result<(), Error> {
                         args.listen
                     ))
                 })?;
-            app::serve(listener, state, &settings, shutdown_on_signal()).await
+            let connecting = AppState::connect(&settings);
+            app::serve_when_connected(listener, connecting, &settings, shutdown_on_signal()).await
         }
         Command::Worker(args) => {
             let settings = args.run.settings();
@@ -94,8 +94,12 @@ async fn run(command: Command) -> Result<(), Error> {
                      renewals; give every process the same Redis"
                 );
             }
-            let state = AppState::connect(&settings).await?;
-            let result = app::run_workers(state.clone(), &settings, shutdown_on_signal()).await;
+            let shutdown = shutdown_on_signal();
+            let state = tokio::select! {
+                state = AppState::connect(&settings) => state?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let result = app::run_workers(state.clone(), &settings, shutdown).await;
             state.close().await;
             result
         }
@@ -117,7 +121,7 @@ async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Er
         }
         None => None,
     };
-    let store = Store::connect(&args.store.database_url).await?;
+    let store = app::connect_store(&args.store.database_url, args.store.connect_timeout()).await?;
     store.migrate().await?;
     let live = match &args.redis_url {
         Some(url) => {

@@ -290,6 +290,13 @@ fn compose_file_names_the_services_images_and_settings() {
             "{name} has a health check"
         );
     }
+    for name in ["mariadb", "redis", "api", "worker"] {
+        assert_eq!(
+            services[name]["restart"].as_str(),
+            Some("unless-stopped"),
+            "{name} comes back after a crash or a start that gave up"
+        );
+    }
     let api_check = serde_yaml::to_string(&services["api"]["healthcheck"]["test"]).unwrap();
     assert!(
         api_check.contains("health"),

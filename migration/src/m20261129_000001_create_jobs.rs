@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
 
+use crate::guarded::Guarded;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -12,7 +14,8 @@ fn long_text() -> Alias {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
+        let schema = Guarded::new(manager, self.name());
+        schema
             .create_table(
                 Table::create()
                     .table(Jobs::Table)
@@ -71,14 +74,11 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        manager
+        schema
             .create_index(
-                Index::create()
-                    .name("ux_jobs_request_id")
-                    .table(Jobs::Table)
-                    .col(Jobs::RequestId)
-                    .unique()
-                    .to_owned(),
+                Jobs::Table,
+                "ux_jobs_request_id",
+                Index::create().col(Jobs::RequestId).unique().to_owned(),
             )
             .await?;
         // One index per ListJobs filter combination, each ending in the sort
@@ -94,15 +94,16 @@ impl MigrationTrait for Migration {
         ];
         for (name, prefix) in listing {
             let mut index = Index::create();
-            index.name(name).table(Jobs::Table);
             for col in prefix {
                 index.col(*col);
             }
             index.col(Jobs::CreatedAt).col(Jobs::Id);
-            manager.create_index(index.to_owned()).await?;
+            schema
+                .create_index(Jobs::Table, name, index.to_owned())
+                .await?;
         }
 
-        manager
+        schema
             .create_table(
                 Table::create()
                     .table(JobEvents::Table)
@@ -138,7 +139,7 @@ impl MigrationTrait for Migration {
 
         // stdout in chunks of at most 1 MiB: a 16 MiB output in one statement
         // would pass MariaDB's default max_allowed_packet (16 MiB).
-        manager
+        schema
             .create_table(
                 Table::create()
                     .table(JobOutput::Table)

@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
 
+use crate::guarded::Guarded;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -7,11 +9,11 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
+        Guarded::new(manager, self.name())
             .create_index(
+                Jobs::Table,
+                "ix_jobs_run_host_pgid",
                 Index::create()
-                    .name("ix_jobs_run_host_pgid")
-                    .table(Jobs::Table)
                     .col(Jobs::RunHost)
                     .col(Jobs::RunPgid)
                     .to_owned(),

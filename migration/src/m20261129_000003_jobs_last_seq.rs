@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
 
+use crate::guarded::Guarded;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -9,16 +11,13 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Jobs::Table)
-                    .add_column(
-                        ColumnDef::new(Jobs::LastSeq)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
+        Guarded::new(manager, self.name())
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::LastSeq)
+                    .big_integer()
+                    .not_null()
+                    .default(0)
                     .to_owned(),
             )
             .await

@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
 
+use crate::guarded::Guarded;
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -8,43 +10,41 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Jobs::Table)
-                    .add_column(ColumnDef::new(Jobs::SubmittedBy).string_len(128).null())
+        let schema = Guarded::new(manager, self.name());
+        schema
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::SubmittedBy)
+                    .string_len(128)
+                    .null()
                     .to_owned(),
             )
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Jobs::Table)
-                    .add_column(
-                        ColumnDef::new(Jobs::HasSecrets)
-                            .boolean()
-                            .not_null()
-                            .default(false),
-                    )
+        schema
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::HasSecrets)
+                    .boolean()
+                    .not_null()
+                    .default(false)
                     .to_owned(),
             )
             .await?;
-        manager
+        schema
             .create_index(
+                Jobs::Table,
+                "ix_jobs_submitted_by_created",
                 Index::create()
-                    .name("ix_jobs_submitted_by_created")
-                    .table(Jobs::Table)
                     .col(Jobs::SubmittedBy)
                     .col(Jobs::CreatedAt)
                     .col(Jobs::Id)
                     .to_owned(),
             )
             .await?;
-        manager
+        schema
             .create_table(
                 Table::create()
                     .table(ServiceSecrets::Table)
-                    .if_not_exists()
                     .col(
                         ColumnDef::new(ServiceSecrets::Name)
                             .string_len(64)

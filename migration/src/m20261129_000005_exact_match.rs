@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::guarded::Guarded;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -13,16 +15,15 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() != DbBackend::MySql {
             return Ok(());
         }
-        manager
-            .get_connection()
-            .execute_unprepared(
+        // MODIFY to the type a column already has changes nothing: safe to rerun.
+        Guarded::new(manager, self.name())
+            .execute_idempotent(
                 "ALTER TABLE jobs \
                  MODIFY request_id VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, \
                  MODIFY playbook VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
                  MODIFY submitted_by VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
             )
             .await
-            .map(drop)
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {

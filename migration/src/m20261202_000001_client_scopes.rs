@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::guarded::Guarded;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -12,61 +14,57 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if !manager.has_column("jobs", "canceled_by").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Jobs::Table)
-                        .add_column(ColumnDef::new(Jobs::CanceledBy).string_len(128).null())
-                        .to_owned(),
-                )
-                .await?;
-        }
-        if !manager.has_column("jobs", "request_scope").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Jobs::Table)
-                        .add_column(
-                            ColumnDef::new(Jobs::RequestScope)
-                                .string_len(128)
-                                .not_null()
-                                .default(""),
-                        )
-                        .to_owned(),
-                )
-                .await?;
-        }
-        let db = manager.get_connection();
-        if manager.get_database_backend() == DbBackend::MySql {
-            // Compared byte for byte, like submitted_by (see m20261129_000005).
-            db.execute_unprepared(
-                "ALTER TABLE jobs MODIFY request_scope VARCHAR(128) \
-                 CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''",
+        let schema = Guarded::new(manager, self.name());
+        schema
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::CanceledBy)
+                    .string_len(128)
+                    .null()
+                    .to_owned(),
             )
             .await?;
-        }
-        db.execute_unprepared(
-            "UPDATE jobs SET request_scope = submitted_by \
-             WHERE submitted_by IS NOT NULL AND request_scope = ''",
-        )
-        .await?;
-        if !manager
-            .has_index("jobs", "ux_jobs_scope_request_id")
-            .await?
-        {
-            manager
-                .create_index(
-                    Index::create()
-                        .name("ux_jobs_scope_request_id")
-                        .table(Jobs::Table)
-                        .col(Jobs::RequestScope)
-                        .col(Jobs::RequestId)
-                        .unique()
-                        .to_owned(),
+        schema
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::RequestScope)
+                    .string_len(128)
+                    .not_null()
+                    .default("")
+                    .to_owned(),
+            )
+            .await?;
+        if manager.get_database_backend() == DbBackend::MySql {
+            // Compared byte for byte, like submitted_by (see m20261129_000005).
+            schema
+                .execute_idempotent(
+                    "ALTER TABLE jobs MODIFY request_scope VARCHAR(128) \
+                     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT ''",
                 )
                 .await?;
         }
+        schema
+            .execute_idempotent(
+                "UPDATE jobs SET request_scope = submitted_by \
+                 WHERE submitted_by IS NOT NULL AND request_scope = ''",
+            )
+            .await?;
+        schema
+            .create_index(
+                Jobs::Table,
+                "ux_jobs_scope_request_id",
+                Index::create()
+                    .col(Jobs::RequestScope)
+                    .col(Jobs::RequestId)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        // Contracting in the same release as the expansion: the global
+        // index is what made one client's request_id another's (issue 12).
+        // During a rollout an old server still finds a retry's job by its
+        // request_id before it inserts, so only two concurrent retries
+        // through an old server could make two jobs (README, Upgrading).
         if manager.has_index("jobs", "ux_jobs_request_id").await? {
             manager
                 .drop_index(
@@ -77,18 +75,16 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
-        if !manager.has_index("jobs", "ix_jobs_scope_status").await? {
-            manager
-                .create_index(
-                    Index::create()
-                        .name("ix_jobs_scope_status")
-                        .table(Jobs::Table)
-                        .col(Jobs::RequestScope)
-                        .col(Jobs::Status)
-                        .to_owned(),
-                )
-                .await?;
-        }
+        schema
+            .create_index(
+                Jobs::Table,
+                "ix_jobs_scope_status",
+                Index::create()
+                    .col(Jobs::RequestScope)
+                    .col(Jobs::Status)
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::guarded::Guarded;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -11,38 +13,31 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if !manager.has_column("jobs", "queue").await? {
-            if manager.get_database_backend() == DbBackend::MySql {
-                // Compared byte for byte, as on SQLite (see m20261129_000005).
-                manager
-                    .get_connection()
-                    .execute_unprepared(
-                        "ALTER TABLE jobs ADD COLUMN queue VARCHAR(64) \
-                         CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT 'default'",
-                    )
-                    .await?;
-            } else {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Jobs::Table)
-                            .add_column(
-                                ColumnDef::new(Jobs::Queue)
-                                    .string_len(64)
-                                    .not_null()
-                                    .default("default"),
-                            )
-                            .to_owned(),
-                    )
-                    .await?;
-            }
+        let schema = Guarded::new(manager, self.name());
+        schema
+            .add_column(
+                Jobs::Table,
+                ColumnDef::new(Jobs::Queue)
+                    .string_len(64)
+                    .not_null()
+                    .default("default")
+                    .to_owned(),
+            )
+            .await?;
+        if manager.get_database_backend() == DbBackend::MySql {
+            // Compared byte for byte, as on SQLite (see m20261129_000005).
+            schema
+                .execute_idempotent(
+                    "ALTER TABLE jobs MODIFY queue VARCHAR(64) \
+                     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT 'default'",
+                )
+                .await?;
         }
-        manager
+        schema
             .create_index(
+                Jobs::Table,
+                "ix_jobs_status_queue_created",
                 Index::create()
-                    .if_not_exists()
-                    .name("ix_jobs_status_queue_created")
-                    .table(Jobs::Table)
                     .col(Jobs::Status)
                     .col(Jobs::Queue)
                     .col(Jobs::CreatedAt)

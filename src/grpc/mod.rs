@@ -7,7 +7,9 @@ mod page_token;
 mod service;
 mod status;
 mod watch;
+mod when_ready;
 
 pub use page_token::PageToken;
 pub use service::JobApi;
 pub use status::error_chain;
+pub use when_ready::WhenReady;

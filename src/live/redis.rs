@@ -150,15 +150,22 @@ impl RedisLive {
             what: "Redis",
             source: Box::new(e),
         };
+        // A URL that does not parse will not get better by waiting.
+        let invalid = |e: fred::error::Error| {
+            Error::internal(
+                format!("configure Redis at {}", crate::startup::redact(url)),
+                e,
+            )
+        };
         let commands = builder(url, Duration::from_secs(5))
             .and_then(|b| b.build())
-            .map_err(unavailable)?;
+            .map_err(invalid)?;
         let dispatch = builder(url, Duration::ZERO)
             .and_then(|b| b.build())
-            .map_err(unavailable)?;
+            .map_err(invalid)?;
         let subscriber = builder(url, Duration::from_secs(5))
             .and_then(|b| b.build_subscriber_client())
-            .map_err(unavailable)?;
+            .map_err(invalid)?;
         commands.init().await.map_err(unavailable)?;
         dispatch.init().await.map_err(unavailable)?;
         let messages = subscriber.message_rx();

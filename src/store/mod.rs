@@ -7,17 +7,18 @@ pub mod entities;
 mod events;
 mod jobs;
 mod prune;
+mod schema;
 mod totals;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
 };
 
 use crate::domain::Error;
+use crate::startup::redact;
 
 pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage, RecordedRun};
 pub use prune::PruneReport;
@@ -27,6 +28,8 @@ pub use totals::TotalPolicy;
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// The URL it was opened with (the migration lock takes a connection of its own).
+    url: String,
     /// ListJobs totals of large results, shared by the clones of this handle.
     totals: Arc<totals::Totals>,
 }
@@ -43,9 +46,12 @@ impl Store {
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
-        let db = Database::connect(options)
-            .await
-            .map_err(|e| db_error("connect to the history database", e))?;
+        let db = Database::connect(options).await.map_err(|e| {
+            db_error(
+                &format!("connect to the history database at {}", redact(&url)),
+                e,
+            )
+        })?;
         if db.get_database_backend() == DbBackend::Sqlite {
             // WAL lets readers go on while a worker writes.
             db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;")
@@ -54,6 +60,7 @@ impl Store {
         }
         Ok(Store {
             db,
+            url,
             totals: Arc::new(totals::Totals::new(TotalPolicy::default())),
         })
     }
@@ -63,13 +70,6 @@ impl Store {
     pub fn with_total_policy(mut self, policy: TotalPolicy) -> Store {
         self.totals = Arc::new(totals::Totals::new(policy));
         self
-    }
-
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None)
-            .await
-            .map_err(|e| db_error("apply migrations", e))
     }
 
     pub async fn close(self) {
@@ -115,6 +115,15 @@ impl Store {
     }
 }
 
+/// The file of a `sqlite:` URL; None for other URLs and in-memory databases.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
 /// For `sqlite:` URLs, makes sure the folder exists and the file is created.
 fn prepare_sqlite(url: &str) -> Result<String, Error> {
     let Some(rest) = url
@@ -144,6 +153,14 @@ fn prepare_sqlite(url: &str) -> Result<String, Error> {
 pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
     use sea_orm::sqlx::Error as Sqlx;
     let unavailable = match &e {
+        // The server refused the connection for good (a wrong password, an
+        // unknown database) or the URL is wrong: waiting will not help.
+        DbErr::Conn(RuntimeErr::SqlxError(Sqlx::Database(db))) => {
+            ["Too many connections", "server is shutting down"]
+                .iter()
+                .any(|transient| db.message().contains(transient))
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(Sqlx::Configuration(_))) => false,
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
             match inner {
@@ -161,6 +178,7 @@ pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
                         "Lock wait timeout",
                         "server has gone away",
                         "Lost connection",
+                        "Too many connections",
                     ]
                     .iter()
                     .any(|transient| message.contains(transient))

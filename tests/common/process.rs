@@ -16,6 +16,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What grpc.health.v1 at `addr` says about the JobService; None while
+/// nothing answers.
+pub async fn health(
+    addr: SocketAddr,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "ansible_runner.v1.JobService".into(),
+        })
+        .await
+        .ok()?;
+    answer.into_inner().status.try_into().ok()
+}
+
 fn log_file(name: &str) -> (PathBuf, std::fs::File) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
     std::fs::create_dir_all(&dir).unwrap();
@@ -58,6 +80,11 @@ impl ServiceProcess {
                 settings.shutdown_grace.as_secs().to_string(),
             )
             .env("EXECUTOR", settings.executor.as_str())
+            .env(
+                "CONNECT_TIMEOUT_SECONDS",
+                settings.connect_timeout.as_secs().to_string(),
+            )
+            .env("NO_MIGRATE", (!settings.migrate).to_string())
             .env("RUST_LOG", "info")
             .env_remove("LISTEN_ADDR")
             .stdin(Stdio::null());
@@ -87,20 +114,48 @@ impl ServiceProcess {
         Self::serve_on(settings, addr, extra_env).await
     }
 
-    /// `serve` on `addr`; returns once it answers.
-    pub async fn serve_on(
+    /// `serve` on `addr`, without waiting for it to listen.
+    pub fn start_serve(
         settings: &Settings,
         addr: SocketAddr,
         extra_env: &[(&str, &str)],
     ) -> ServiceProcess {
         let mut command = Self::command(settings, "serve", extra_env);
         command.arg("--listen").arg(addr.to_string());
+        Self::spawn(command, "serve", Some(addr))
+    }
+
+    /// `worker` with the settings' concurrency and extra environment.
+    pub fn start_worker(settings: &Settings, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        Self::spawn(Self::command(settings, "worker", extra_env), "worker", None)
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Its whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `serve` on `addr`; returns once its health says SERVING (it listens
+    /// earlier, while it connects its history and live state).
+    pub async fn serve_on(
+        settings: &Settings,
+        addr: SocketAddr,
+        extra_env: &[(&str, &str)],
+    ) -> ServiceProcess {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut command = Self::command(settings, "serve", extra_env);
+        command.arg("--listen").arg(addr.to_string());
         let process = Self::spawn(command, "serve", Some(addr));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        while health(addr).await != Some(ServingStatus::Serving) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "serve did not listen; log: {}",
+                "serve did not become SERVING; log: {}",
                 process.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -180,7 +235,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port()).await
+    }
+
+    /// On `port` (e.g. one a service was told about before Redis was up).
+    pub async fn start_on(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = Self::spawn(port, &dir);
         let server = RedisServer { child, port, dir };
