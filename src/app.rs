@@ -183,10 +183,24 @@ impl AppState {
 
 /// The history database, waiting up to `timeout` for it to be reachable.
 pub async fn connect_store(url: &str, timeout: Duration) -> Result<Store, Error> {
-    startup::retry("the history database", &redact(url), timeout, || {
+    let store = startup::retry("the history database", &redact(url), timeout, || {
         Store::connect(url)
     })
-    .await
+    .await?;
+    tracing::info!(history = %redact(url), "history database connected");
+    Ok(store)
+}
+
+/// Like [`connect_store`], for commands that use a history but never create
+/// or migrate one (`prune`): its schema must be the one this binary knows.
+pub async fn open_store(url: &str, timeout: Duration) -> Result<Store, Error> {
+    let store = startup::retry("the history database", &redact(url), timeout, || {
+        Store::open_existing(url)
+    })
+    .await?;
+    tracing::info!(history = %redact(url), "history database connected");
+    store.check_schema().await?;
+    Ok(store)
 }
 
 fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {

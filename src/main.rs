@@ -121,8 +121,8 @@ async fn prune(args: ansible_runner_service::config::PruneArgs) -> Result<(), Er
         }
         None => None,
     };
-    let store = app::connect_store(&args.store.database_url, args.store.connect_timeout()).await?;
-    store.migrate().await?;
+    // Prune never creates or migrates a history: it works on one that is there.
+    let store = app::open_store(&args.store.database_url, args.store.connect_timeout()).await?;
     let live = match &args.redis_url {
         Some(url) => {
             Some(ansible_runner_service::live::connect(Some(url), &args.redis_prefix).await?)

@@ -184,6 +184,7 @@ async fn startup_mistakes_name_their_flag_before_anything_is_announced() {
 async fn json_logs_have_plain_values() {
     use common::process::ServiceProcess;
     let history = History::new(Backend::Embedded).await;
+    let history_url = history.settings.database_url.clone();
     let process = ServiceProcess::serve(&history.settings, &[("LOG_FORMAT", "json")]).await;
     let mut client = connect(process.addr.unwrap()).await;
     submit(&mut client, request("hello.yml")).await;
@@ -200,6 +201,11 @@ async fn json_logs_have_plain_values() {
         .iter()
         .find(|l| l["fields"]["message"] == "serving")
         .expect("a serving line");
+    let history = lines
+        .iter()
+        .find_map(|l| l["fields"]["history"].as_str())
+        .expect("the history it uses is logged");
+    assert_eq!(history, history_url);
     let addr = serving["fields"]["addr"].as_str().unwrap();
     assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "{addr}");
     let rpc = lines
@@ -491,4 +497,44 @@ fn each_command_shows_only_its_own_flags_each_explained() {
             assert!(explained, "{command:?}: no help for {item:?}:\n{text}");
         }
     }
+}
+
+/// Only serve, worker and migrate create or migrate a history; prune works
+/// on one that is there, and says so when it is not.
+#[test]
+fn prune_never_creates_a_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere").join("history.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = binary()
+        .args(["prune", "--older-than", "1d", "--dry-run"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("`migrate` or `serve` creates one"),
+        "{stderr}"
+    );
+    assert!(!missing.parent().unwrap().exists(), "nothing was created");
+
+    // migrate creates it, and says where; then prune works on it.
+    let migrated = binary()
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    assert!(text(&migrated.stderr).contains("creating a new history"));
+    let pruned = binary()
+        .args(["prune", "--older-than", "1d", "--dry-run"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(pruned.status.success(), "{}", text(&pruned.stderr));
+    assert_eq!(
+        text(&pruned.stdout).trim(),
+        "would remove 0 jobs and 0 events"
+    );
 }

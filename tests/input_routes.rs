@@ -150,6 +150,45 @@ async fn no_route_runs_a_command(backend: Backend) {
             "extra_vars".into(),
         ),
         (
+            "extra var: the magic inventory_hostname, ssh's host without ansible_host",
+            pb::SubmitJobRequest {
+                inventory: Some(Inventory {
+                    source: Some(Source::Hosts("web1".into())),
+                }),
+                extra_vars: vars(json!({
+                    "inventory_hostname": format!("-oProxyCommand={}", touch(&marker(12)))
+                })),
+                ..request("hello.yml")
+            },
+            "extra_vars".into(),
+        ),
+        (
+            "inventory host var: the magic inventory_hostname",
+            pb::SubmitJobRequest {
+                inventory: inline(json!({"all": {"hosts": {"web1": {
+                    "inventory_hostname": format!("-oProxyCommand={}", touch(&marker(13)))
+                }}}})),
+                ..request("hello.yml")
+            },
+            "inventory.inline.all.hosts.web1.inventory_hostname".into(),
+        ),
+        (
+            "a port out of range in host:port",
+            pb::SubmitJobRequest {
+                inventory: inline(json!({"all": {"hosts": {"web1:99999": null}}})),
+                ..request("hello.yml")
+            },
+            r#"inventory.inline.all.hosts["web1:99999"]"#.into(),
+        ),
+        (
+            "a group named plugin (the inventory would be ignored)",
+            pb::SubmitJobRequest {
+                inventory: inline(json!({"plugin": {"hosts": {"web1": null}}})),
+                ..request("hello.yml")
+            },
+            "inventory.inline.plugin".into(),
+        ),
+        (
             "secret var",
             pb::SubmitJobRequest {
                 secret_extra_vars: vars(json!({
@@ -214,7 +253,7 @@ async fn no_route_runs_a_command(backend: Backend) {
         ["web1"]
     );
 
-    for n in 1..=11 {
+    for n in 1..=13 {
         assert!(!marker(n).exists(), "marker {n} was created");
     }
     server.stop().await;
@@ -244,8 +283,11 @@ async fn any_string_reaches_the_playbook_intact(backend: Backend) {
     // folds (NEL, LS, PS, CR), quotes, escapes, templates and non-BMP text.
     let hard = "\u{0}a\u{7f}b\u{feff}c\u{85}d\u{2028}e\u{2029}f\rg\th\ni\u{1}j\"k'l\\m{{ n }}o{% p %}q\u{e9}\u{1F600}r\u{9f}s\u{fffd}";
 
+    // Keys too: YAML parsers drop an implicit key over 1024 characters.
+    let long_key = "k".repeat(1100);
+    let wide_key = "\u{1F600}".repeat(110);
     let mut from_vars = request("hello.yml");
-    from_vars.extra_vars = vars(json!({"who": hard}));
+    from_vars.extra_vars = vars(json!({"who": hard, "nested": {long_key: 1, wide_key: hard}}));
     let from_vars = submit(&mut client, from_vars).await;
     let mut from_inventory = request("hello.yml");
     from_inventory.inventory = inline(json!({"all": {"hosts": {"localhost": {

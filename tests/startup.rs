@@ -327,7 +327,8 @@ async fn a_database_that_does_not_exist_ends_the_process_at_once() {
     assert!(
         text.contains("connect to the history database at mysql://")
             && text.contains("ars_t_no_such_database")
-            && text.contains("Unknown database"),
+            && text.contains("Unknown database")
+            && text.contains("CREATE DATABASE"),
         "{text}"
     );
     assert!(!text.contains("not reachable yet"), "no retry: {text}");

@@ -254,7 +254,14 @@ pub fn host_name(host: &str) -> Result<(), String> {
         255,
         "letters, digits, '.', '_', '-' and ':'",
         |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'),
-    )
+    )?;
+    // One ':' is Ansible's `host:port`: the port follows the ansible_port rule.
+    if let [_, port_text] = host.split(':').collect::<Vec<_>>()[..] {
+        port(&Value::String(port_text.to_owned())).map_err(|_| {
+            format!("host {host:?}: the port after ':' must be a number from 1 to 65535")
+        })?;
+    }
+    Ok(())
 }
 
 /// A value that reaches ssh's command line (a host name, an address, a user):
@@ -322,6 +329,14 @@ pub fn inline_inventory(doc: &Map<String, Value>, limits: &Limits) -> Result<(),
     }
     let mut host_count = 0;
     for (group, body) in doc {
+        if group == "plugin" {
+            // Ansible's YAML inventory plugin takes such a file for another
+            // plugin's configuration and ignores it.
+            return Err(FieldViolation::new(
+                field_path(FIELD, group),
+                "a group may not be named \"plugin\"",
+            ));
+        }
         inventory_group(FIELD, group, body, &mut host_count, limits, 0)?;
     }
     Ok(())
@@ -410,6 +425,37 @@ fn inventory_group(
     Ok(())
 }
 
+/// Ansible's magic variables, which a caller never sets: the ssh, paramiko,
+/// psrp and winrm connection plugins take the host to connect to from
+/// `inventory_hostname` when no `ansible_host` is set, so an extra var of
+/// that name would choose ssh's command line; the others describe the
+/// inventory and the play, and are refused with it (in any case).
+pub const MAGIC_VARS: [&str; 13] = [
+    "inventory_hostname",
+    "inventory_hostname_short",
+    "inventory_dir",
+    "inventory_file",
+    "group_names",
+    "groups",
+    "hostvars",
+    "omit",
+    "play_hosts",
+    "playbook_dir",
+    "role_name",
+    "role_names",
+    "role_path",
+];
+
+/// A magic variable, whatever `ALLOW_ANSIBLE_VARS` says.
+fn magic_var(name: &str) -> Result<(), String> {
+    if MAGIC_VARS.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+        return Err(format!(
+            "variable {name:?} is one of Ansible's magic variables, which callers may not set"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether Ansible would take `name` as one of its own variables (`ansible_*`,
 /// in any case).
 fn is_ansible_var(name: &str) -> bool {
@@ -430,6 +476,9 @@ fn inventory_vars(
             return refuse(format!(
                 "variable {key:?} must be an identifier (letters, digits and '_', not starting with a digit)"
             ));
+        }
+        if let Err(e) = magic_var(key) {
+            return refuse(e);
         }
         if limits.allow_ansible_vars || !is_ansible_var(key) {
             continue;
@@ -538,6 +587,7 @@ fn extra_vars(vars: &Map<String, Value>, limits: &Limits) -> Result<(), String> 
                 "key {key:?} must be an identifier (letters, digits and '_', not starting with a digit)"
             ));
         }
+        magic_var(key)?;
         if !limits.allow_ansible_vars && is_ansible_var(key) {
             return Err(format!(
                 "key {key:?}: variables starting with 'ansible_' are not allowed"

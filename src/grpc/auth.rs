@@ -112,14 +112,19 @@ impl ApiKeys {
         found.map(|c| Caller::named(&c.name, c.scopes.clone()))
     }
 
-    /// The `certificate` client that one of a certificate's names names.
+    /// The `certificate` client a certificate's names name; None when they
+    /// name none, or more than one (which client it is would be a guess).
     pub fn caller_for_certificate(&self, names: &[String]) -> Option<Caller> {
-        names.iter().find_map(|name| {
-            self.clients
-                .iter()
-                .find(|c| c.credential == Credential::Certificate && &c.name == name)
-                .map(|c| Caller::named(&c.name, c.scopes.clone()))
-        })
+        let mut matching = self
+            .clients
+            .iter()
+            .filter(|c| c.credential == Credential::Certificate && names.contains(&c.name));
+        let client = matching.next()?;
+        if matching.next().is_some() {
+            tracing::warn!(names = ?names, "a client certificate names several clients; refused");
+            return None;
+        }
+        Some(Caller::named(&client.name, client.scopes.clone()))
     }
 }
 
@@ -148,6 +153,14 @@ pub fn parse_lines(text: &str) -> Result<Vec<Client>, String> {
             Credential::KeyHash(hash)
         };
         let scopes = Scopes::parse(fields).map_err(at)?;
+        if clients.iter().any(|c: &Client| c.name == name) {
+            return Err(at(format!("client {name:?} appears twice")));
+        }
+        if let Credential::KeyHash(_) = credential {
+            if clients.iter().any(|c| c.credential == credential) {
+                return Err(at("this key's hash appears twice".into()));
+            }
+        }
         clients.push(Client {
             name: name.to_owned(),
             credential,
@@ -209,7 +222,11 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 pub struct KeyRing {
     path: PathBuf,
     current: RwLock<Arc<ApiKeys>>,
+    /// The file as it was when its keys were taken.
     seen: Mutex<Option<FileStamp>>,
+    /// The file as it was (None: missing) when it last failed to read or
+    /// parse, so that a failure is said once.
+    failed: Mutex<Option<Option<FileStamp>>>,
 }
 
 impl KeyRing {
@@ -221,6 +238,7 @@ impl KeyRing {
             path: path.to_owned(),
             current: RwLock::new(Arc::new(keys)),
             seen: Mutex::new(seen),
+            failed: Mutex::new(None),
         })
     }
 
@@ -232,29 +250,47 @@ impl KeyRing {
     }
 
     /// Re-reads the file if it changed (always when `force`). A file that
-    /// does not parse, or cannot be read, leaves the last good keys in force.
+    /// does not parse, or cannot be read, leaves the last good keys in force;
+    /// a file that parses with no client left refuses every call (the last
+    /// client was revoked).
     pub fn reload(&self, force: bool) {
-        let now = stamp(&self.path);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && *seen == now {
-                return;
-            }
-            *seen = now;
+        let before = stamp(&self.path);
+        let known = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) == before
+            || self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                == Some(&before);
+        if !force && known {
+            return;
         }
-        match ApiKeys::load(&self.path) {
-            Ok(keys) => {
-                tracing::info!(
-                    file = %self.path.display(),
-                    clients = keys.clients.len(),
-                    "API keys reloaded"
-                );
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        let read = std::fs::read_to_string(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_lines(&text));
+        if stamp(&self.path) != before {
+            // Written while we read it: read it again at the next check.
+            return;
+        }
+        match read {
+            Ok(clients) => {
+                if clients.is_empty() {
+                    tracing::warn!(file = %self.path.display(), "the keys file has no client left: every call is refused");
+                } else {
+                    tracing::info!(file = %self.path.display(), clients = clients.len(), "API keys reloaded");
+                }
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::new(ApiKeys { clients });
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = before;
             }
-            Err(e) => tracing::warn!(
-                error = %super::error_chain(&e),
-                "keeping the last good API keys"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    error = %e,
+                    "the keys file does not parse; keeping the last good API keys"
+                );
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(before);
+            }
         }
     }
 
@@ -423,7 +459,14 @@ mod tests {
                 ci.line()
             )
         );
-        for bad in ["", "name nothex", "name certificate actions=fly", "name"] {
+        let twice = format!("{}\n{}\n", deploy.line(), deploy.line());
+        for bad in [
+            "",
+            "name nothex",
+            "name certificate actions=fly",
+            "name",
+            &twice,
+        ] {
             assert!(ApiKeys::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -558,7 +558,10 @@ impl Store {
                         .col_expr(Column::Status, Expr::value(JobStatus::Canceled.as_str()))
                         .col_expr(Column::FinishedAt, Expr::value(now))
                         .col_expr(Column::CancelRequested, Expr::value(true))
-                        .col_expr(Column::CanceledBy, Expr::value(by))
+                        .col_expr(
+                            Column::CanceledBy,
+                            Expr::col(Column::CanceledBy).if_null(by),
+                        )
                         .col_expr(Column::Error, Expr::value("canceled before it started"))
                         .col_expr(
                             Column::ErrorReason,
@@ -580,7 +583,10 @@ impl Store {
                 JobStatus::Running => {
                     let done = jobs::Entity::update_many()
                         .col_expr(Column::CancelRequested, Expr::value(true))
-                        .col_expr(Column::CanceledBy, Expr::value(by))
+                        .col_expr(
+                            Column::CanceledBy,
+                            Expr::col(Column::CanceledBy).if_null(by),
+                        )
                         .filter(Column::Id.eq(id.to_string()))
                         .filter(Column::Status.eq(JobStatus::Running.as_str()))
                         .exec(&self.db)

@@ -36,9 +36,20 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (mysql://… or sqlite://…), creating the SQLite file
-    /// and its folder when needed.
+    /// and its folder when needed (and saying so): for the commands that may
+    /// create a history (`serve`, `worker`, `migrate`).
     pub async fn connect(url: &str) -> Result<Store, Error> {
-        let url = prepare_sqlite(url)?;
+        Store::connect_to(url, true).await
+    }
+
+    /// Connects to an existing history only: a SQLite file that is not there
+    /// is an error naming the flag, and nothing is created (`prune`).
+    pub async fn open_existing(url: &str) -> Result<Store, Error> {
+        Store::connect_to(url, false).await
+    }
+
+    async fn connect_to(url: &str, create: bool) -> Result<Store, Error> {
+        let url = prepare_sqlite(url, create)?;
         let mut options = ConnectOptions::new(url.clone());
         options
             .max_connections(if url.starts_with("sqlite") { 8 } else { 32 })
@@ -125,7 +136,7 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 }
 
 /// For `sqlite:` URLs, makes sure the folder exists and the file is created.
-fn prepare_sqlite(url: &str) -> Result<String, Error> {
+fn prepare_sqlite(url: &str, create: bool) -> Result<String, Error> {
     let Some(rest) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -133,16 +144,28 @@ fn prepare_sqlite(url: &str) -> Result<String, Error> {
         return Ok(url.to_owned());
     };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" {
+    if path != ":memory:" && !std::path::Path::new(path).exists() {
+        if !create {
+            return Err(Error::Config(format!(
+                "--database-url (DATABASE_URL) {url}: there is no history at {path}; \
+                 `migrate` or `serve` creates one"
+            )));
+        }
+        tracing::info!(path, "creating a new history");
         if let Some(dir) = std::path::Path::new(path).parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::internal(format!("create {}", dir.display()), e))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Config(format!(
+                        "--database-url (DATABASE_URL) {url}: cannot create {}: {e}",
+                        dir.display()
+                    ))
+                })?;
             }
         }
     }
+    let mode = if create { "rwc" } else { "rw" };
     Ok(if query.is_empty() {
-        format!("sqlite://{path}?mode=rwc")
+        format!("sqlite://{path}?mode={mode}")
     } else {
         url.to_owned()
     })
@@ -189,11 +212,30 @@ pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
         _ => false,
     };
     if unavailable {
-        Error::Unavailable {
+        return Error::Unavailable {
             what: "the history database",
             source: Box::new(e),
+        };
+    }
+    // A refusal a person can act on: say what to do.
+    let hint = match &e {
+        DbErr::Conn(RuntimeErr::SqlxError(Sqlx::Database(db))) => {
+            let message = db.message();
+            if message.contains("Unknown database") {
+                Some("create the database (CREATE DATABASE ...) or fix --database-url (DATABASE_URL)")
+            } else if message.contains("Access denied") {
+                Some("check the user and password in --database-url (DATABASE_URL)")
+            } else {
+                None
+            }
         }
-    } else {
-        Error::internal(context, e)
+        _ => None,
+    };
+    match hint {
+        Some(hint) => Error::Config(format!(
+            "{context}: {}; {hint}",
+            crate::grpc::error_chain(&e)
+        )),
+        None => Error::internal(context, e),
     }
 }

@@ -36,6 +36,9 @@ fn write(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
+                // An explicit key (`? "key": value`): YAML parsers drop an
+                // implicit key longer than 1024 characters.
+                out.push_str("? ");
                 quoted(out, key);
                 out.push_str(": ");
                 write(out, item);
@@ -102,7 +105,7 @@ mod tests {
             "list": [true, null, "a\"b\n"], "nested": {"k": "v"}});
         assert_eq!(
             to_unsafe_yaml(&value),
-            r#"{"big": 1.0e+300, "f": 2.5e+0, "list": [true, null, !unsafe "a\"b\n"], "n": 3, "nested": {"k": !unsafe "v"}, "who": !unsafe "{{ lookup('pipe', 'id') }}"}"#
+            r#"{? "big": 1.0e+300, ? "f": 2.5e+0, ? "list": [true, null, !unsafe "a\"b\n"], ? "n": 3, ? "nested": {? "k": !unsafe "v"}, ? "who": !unsafe "{{ lookup('pipe', 'id') }}"}"#
         );
     }
 
@@ -111,7 +114,7 @@ mod tests {
         let value = json!({"k\u{7f}": "\u{7f}\u{feff}\u{85}\u{2028}\u{0}\r\u{e9}\u{1F600}\\"});
         assert_eq!(
             to_unsafe_yaml(&value),
-            r#"{"k\x7F": !unsafe "\x7F\uFEFF\x85\u2028\x00\x0D\xE9\U0001F600\\"}"#
+            r#"{? "k\x7F": !unsafe "\x7F\uFEFF\x85\u2028\x00\x0D\xE9\U0001F600\\"}"#
         );
     }
 }
