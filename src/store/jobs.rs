@@ -121,12 +121,9 @@ impl Store {
     /// Commits a new job. When its request_id was seen before, returns the
     /// job that request created instead (and `false`).
     pub async fn insert_job(&self, job: &Job) -> Result<(Job, bool), Error> {
+        // SubmitJob looks the request_id up before it counts the quota; here
+        // the unique index decides, so a submit reads it once, not twice.
         let scope = job.submitted_by.as_deref().unwrap_or_default();
-        if let Some(request_id) = &job.request_id {
-            if let Some(existing) = self.find_by_request_id(scope, request_id).await? {
-                return Ok((existing, false));
-            }
-        }
         let row = to_row(job)?;
         match jobs::Entity::insert(row)
             .exec_without_returning(&self.db)
