@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::app::Settings;
+use crate::defaults;
 use crate::domain::validate::Limits;
-use crate::worker::{ExecutorKind, DEFAULT_STDOUT_CAP};
+use crate::settings::ExecutorKind;
+use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,7 +77,7 @@ pub struct PruneArgs {
     /// Redis of the deployment, so pruned jobs leave the live state too.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
-    #[arg(long, env = "REDIS_PREFIX", default_value = "ars")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = defaults::REDIS_PREFIX)]
     pub redis_prefix: String,
 }
 
@@ -178,7 +179,7 @@ impl KeysCommand {
 #[derive(Debug, Args)]
 pub struct HealthArgs {
     /// Address of the server: host:port, http://... or https://...
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = defaults::LISTEN_ADDR)]
     pub addr: String,
     #[command(flatten)]
     pub tls: crate::cli::TlsClientArgs,
@@ -190,14 +191,14 @@ pub struct StoreArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://data/ansible-runner.db"
+        default_value = defaults::DATABASE_URL
     )]
     pub database_url: String,
     /// Log format on stderr (RUST_LOG filters).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Seconds to keep trying to reach the history database (and Redis) at start, with backoff, before giving up.
-    #[arg(long, env = "CONNECT_TIMEOUT_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "CONNECT_TIMEOUT_SECONDS", default_value_t = defaults::CONNECT_TIMEOUT_SECONDS)]
     pub connect_timeout_seconds: u64,
 }
 
@@ -210,7 +211,7 @@ impl StoreArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address of the gRPC API: HOST:PORT, the host a name (localhost) or an address.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    #[arg(long, env = "LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// File of API keys and their scopes (see `keys create`), re-read when it changes; unset: no authentication.
     #[arg(long, env = "API_KEYS_FILE")]
@@ -225,10 +226,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Largest request accepted, in bytes.
-    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = defaults::MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
     /// Open WatchJob streams per client at most.
-    #[arg(long, env = "MAX_WATCHES_PER_CLIENT", default_value_t = 100)]
+    #[arg(long, env = "MAX_WATCHES_PER_CLIENT", default_value_t = defaults::MAX_WATCHES_PER_CLIENT)]
     pub max_watches_per_client: usize,
     /// Prune finished jobs older than this (e.g. 30d) every hour; unset: keep everything.
     #[arg(long, env = "PRUNE_OLDER_THAN", value_parser = parse_age)]
@@ -256,37 +257,37 @@ pub struct RunArgs {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "ars")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = defaults::REDIS_PREFIX)]
     pub redis_prefix: String,
     /// Folder of the playbook catalogue.
-    #[arg(long, env = "PLAYBOOKS_DIR", default_value = "playbooks")]
+    #[arg(long, env = "PLAYBOOKS_DIR", default_value = defaults::PLAYBOOKS_DIR)]
     pub playbooks_dir: PathBuf,
     /// Jobs this process runs at once (default: the number of cores); 0 with `serve` for an API server only.
     #[arg(long, env = "WORKER_CONCURRENCY")]
     pub workers: Option<usize>,
     /// Queues (worker groups) this process's workers take jobs from, comma-separated.
-    #[arg(long, env = "WORKER_QUEUES", value_delimiter = ',', default_value = "default", value_parser = parse_queue)]
+    #[arg(long, env = "WORKER_QUEUES", value_delimiter = ',', default_value = defaults::QUEUE, value_parser = parse_queue)]
     pub queues: Vec<String>,
     /// ansible-playbook to run: a path, or a name looked up on PATH.
-    #[arg(long, env = "ANSIBLE_PLAYBOOK", default_value = "ansible-playbook")]
+    #[arg(long, env = "ANSIBLE_PLAYBOOK", default_value = defaults::ANSIBLE_PLAYBOOK)]
     pub ansible_playbook: PathBuf,
     /// How playbooks start: `warm` (a Python process per worker slot that imported Ansible once forks each run; falls back to `plain` where it cannot) or `plain` (ansible-playbook per job).
-    #[arg(long, env = "EXECUTOR", value_enum, default_value_t = ExecutorKind::Warm)]
+    #[arg(long, env = "EXECUTOR", value_enum, default_value_t = ExecutorKind::default())]
     pub executor: ExecutorKind,
     /// Seconds a worker's claim on a job lasts without renewal.
-    #[arg(long, env = "LEASE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = defaults::LEASE_SECONDS)]
     pub lease_seconds: u64,
     /// Seconds between two sweeps (lost workers, lost dispatches).
-    #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 5)]
+    #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = defaults::SWEEP_INTERVAL_SECONDS)]
     pub sweep_interval_seconds: u64,
     /// Seconds after which a PENDING job the dispatch does not hold, or a dispatched job a worker took and never claimed, is taken as lost and queued again in its place.
-    #[arg(long, env = "REDISPATCH_AFTER_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "REDISPATCH_AFTER_SECONDS", default_value_t = defaults::REDISPATCH_AFTER_SECONDS)]
     pub redispatch_after_seconds: u64,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
-    #[arg(long, env = "KILL_GRACE_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "KILL_GRACE_SECONDS", default_value_t = defaults::KILL_GRACE_SECONDS)]
     pub kill_grace_seconds: u64,
     /// Seconds running jobs may go on after SIGTERM/SIGINT before they are canceled (SHUTDOWN).
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = defaults::SHUTDOWN_GRACE_SECONDS)]
     pub shutdown_grace_seconds: u64,
     /// Do not apply migrations at start, only check that the schema is the one this binary knows (run `migrate` separately).
     #[arg(long, env = "NO_MIGRATE", default_value_t = false)]
@@ -297,22 +298,22 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Timeout of a job that sets none.
-    #[arg(long, env = "DEFAULT_TIMEOUT_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "DEFAULT_TIMEOUT_SECONDS", default_value_t = defaults::DEFAULT_TIMEOUT_SECONDS)]
     pub default_timeout_seconds: u32,
     /// Largest timeout_seconds a request may set.
-    #[arg(long, env = "MAX_TIMEOUT_SECONDS", default_value_t = 86_400)]
+    #[arg(long, env = "MAX_TIMEOUT_SECONDS", default_value_t = defaults::MAX_TIMEOUT_SECONDS)]
     pub max_timeout_seconds: u32,
     /// Largest options.forks a request may set.
-    #[arg(long, env = "MAX_FORKS", default_value_t = 100)]
+    #[arg(long, env = "MAX_FORKS", default_value_t = defaults::MAX_FORKS)]
     pub max_forks: u32,
     /// Most hosts an inventory may name.
-    #[arg(long, env = "MAX_HOSTS", default_value_t = 1000)]
+    #[arg(long, env = "MAX_HOSTS", default_value_t = defaults::MAX_HOSTS)]
     pub max_hosts: usize,
     /// Let extra_vars and inline-inventory variables set any ansible_* variable (interpreters, ssh arguments, become...): for trusted callers only.
     #[arg(long, env = "ALLOW_ANSIBLE_VARS", default_value_t = false)]
     pub allow_ansible_vars: bool,
     /// PENDING jobs one client may have; more submits answer RESOURCE_EXHAUSTED. 0: no cap.
-    #[arg(long, env = "MAX_PENDING_PER_CLIENT", default_value_t = 1000)]
+    #[arg(long, env = "MAX_PENDING_PER_CLIENT", default_value_t = defaults::MAX_PENDING_PER_CLIENT)]
     pub max_pending_per_client: usize,
 }
 
@@ -337,30 +338,24 @@ impl RunArgs {
             redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
             redis_prefix: self.redis_prefix.clone(),
             playbooks_dir: self.playbooks_dir.clone(),
-            workers: self.workers.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-            }),
+            workers: self.workers.unwrap_or_else(defaults::workers),
             queues: self.queues.clone(),
             ansible_playbook: self.ansible_playbook.clone(),
             executor: self.executor,
             // Limits are the API server's (ServeArgs sets them).
             limits: Limits::default(),
-            lease: Duration::from_secs(self.lease_seconds.max(3)),
-            sweep_interval: Duration::from_secs(self.sweep_interval_seconds.max(1)),
+            lease: Duration::from_secs(self.lease_seconds.max(defaults::MIN_LEASE_SECONDS)),
+            sweep_interval: Duration::from_secs(
+                self.sweep_interval_seconds
+                    .max(defaults::MIN_SWEEP_INTERVAL_SECONDS),
+            ),
             redispatch_after: Duration::from_secs(self.redispatch_after_seconds),
             kill_grace: Duration::from_secs(self.kill_grace_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
-            stdout_cap: DEFAULT_STDOUT_CAP,
-            api_keys_file: None,
-            tls: None,
-            max_request_bytes: 1 << 20,
-            max_watches_per_client: 100,
-            prune_older_than: None,
-            metrics_listen: None,
             connect_timeout: self.store.connect_timeout(),
             migrate: !self.no_migrate,
+            // The rest is the API server's (ServeArgs sets it).
+            ..Settings::embedded()
         }
     }
 }
@@ -370,7 +365,7 @@ impl ServeArgs {
         Settings {
             api_keys_file: self.api_keys_file.clone(),
             tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(crate::app::TlsSettings {
+                (Some(cert), Some(key)) => Some(crate::settings::TlsSettings {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: self.tls_client_ca.clone(),

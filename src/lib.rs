@@ -1,24 +1,42 @@
 //! ansible-runner-service: a gRPC service that runs approved Ansible playbooks
 //! on request, streams their events live and keeps their history.
 //!
-//! - [`grpc`]: the JobService (thin: validate, call the domain, convert);
-//! - [`domain`]: jobs, states and input rules;
-//! - [`store`]: the history (SeaORM; MariaDB or SQLite);
-//! - [`live`]: live state, dispatch and fan-out (Redis via fred, or in-process);
-//! - [`worker`]: claiming, leases, running playbooks, the sweeper;
-//! - [`catalogue`]: the playbooks that may be run;
-//! - [`app`]: wiring shared by the binary and the tests;
-//! - [`startup`]: waiting for the history database and Redis at start.
+//! The layers, bottom up; each uses only those listed before it:
+//! 1. [`defaults`], [`settings`]: every default, and what a process is told;
+//! 2. [`domain`]: jobs, their transitions, callers and their rights, input
+//!    rules; pure (no I/O);
+//! 3. [`store`] (the history: SeaORM on MariaDB or SQLite), [`live`] (live
+//!    state, dispatch and fan-out: Redis via fred, or in-process),
+//!    [`catalogue`] (the playbooks that may be run), [`metrics`], [`retry`],
+//!    [`startup`] (waiting for dependencies at start);
+//! 4. [`app`]: the use-cases (submit, get, list, watch, cancel, prune), one
+//!    function each, whoever calls them;
+//! 5. [`worker`]: claiming jobs, leases, running playbooks, the sweeper;
+//! 6. [`grpc`]: the JobService handlers (recognise the caller, convert, call
+//!    the use-case), authentication;
+//! 7. [`server`]: assembling a process (API, workers, sweeper, shutdown);
+//! 8. [`cli`], [`config`]: the command line, read by `main`.
 
-pub mod app;
-pub mod catalogue;
-pub mod cli;
-pub mod config;
+pub mod defaults;
+pub mod settings;
+
 pub mod domain;
-pub mod grpc;
+
+pub mod catalogue;
 pub mod live;
 pub mod metrics;
-pub mod pb;
+pub mod retry;
 pub mod startup;
 pub mod store;
+
+pub mod app;
+
 pub mod worker;
+
+pub mod grpc;
+pub mod pb;
+
+pub mod server;
+
+pub mod cli;
+pub mod config;

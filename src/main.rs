@@ -4,6 +4,7 @@ use ansible_runner_service::app::{self, AppState};
 use ansible_runner_service::cli::keys;
 use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
+use ansible_runner_service::server;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -26,7 +27,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Said once: a JSON log line for machines, a plain line for people.
-            let text = ansible_runner_service::grpc::error_chain(&e);
+            let text = ansible_runner_service::domain::error_chain(&e);
             match log_format {
                 LogFormat::Json => tracing::error!("{text}"),
                 LogFormat::Human => eprintln!("error: {text}"),
@@ -83,7 +84,8 @@ async fn run(command: Command) -> Result<(), Error> {
                     ))
                 })?;
             let connecting = AppState::connect(&settings);
-            app::serve_when_connected(listener, connecting, &settings, shutdown_on_signal()).await
+            server::serve_when_connected(listener, connecting, &settings, shutdown_on_signal())
+                .await
         }
         Command::Worker(args) => {
             let settings = args.run.settings();
@@ -99,7 +101,7 @@ async fn run(command: Command) -> Result<(), Error> {
                 state = AppState::connect(&settings) => state?,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let result = app::run_workers(state.clone(), &settings, shutdown).await;
+            let result = server::run_workers(state.clone(), &settings, shutdown).await;
             state.close().await;
             result
         }

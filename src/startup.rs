@@ -10,10 +10,6 @@ use std::time::Duration;
 
 use crate::domain::Error;
 
-/// First delay between two attempts; it doubles up to [`MAX_DELAY`].
-const FIRST_DELAY: Duration = Duration::from_millis(500);
-const MAX_DELAY: Duration = Duration::from_secs(5);
-
 /// Runs `attempt` until it succeeds, fails with something other than
 /// `Unavailable`, or `timeout` has passed; logs each failure with `address`
 /// (already without its password) and the next delay.
@@ -28,14 +24,15 @@ where
     Fut: Future<Output = Result<T, Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = FIRST_DELAY;
+    let mut delays = crate::retry::STARTUP.delays();
     loop {
         let error = match attempt().await {
             Ok(value) => return Ok(value),
             Err(e @ Error::Unavailable { .. }) => e,
             Err(e) => return Err(e),
         };
-        let cause = crate::grpc::error_chain(&error);
+        let cause = crate::domain::error_chain(&error);
+        let delay = delays.next().unwrap_or(crate::retry::STARTUP.max);
         if tokio::time::Instant::now() + delay > deadline {
             return Err(Error::internal(
                 format!(
@@ -53,7 +50,6 @@ where
             "{what} is not reachable yet; trying again in {delay:?}"
         );
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_DELAY);
     }
 }
 

@@ -1,9 +1,9 @@
 //! Properties of the input rules over arbitrary input: no input panics, and
 //! what passes is always safe to put on an ansible-playbook command line.
 
+use ansible_runner_service::app::PageToken;
 use ansible_runner_service::domain::validate::{self, Limits, RawInventory, Submission};
 use ansible_runner_service::domain::JobOptions;
-use ansible_runner_service::grpc::PageToken;
 use ansible_runner_service::store::{Cursor, ListFilter};
 use proptest::prelude::*;
 
@@ -79,7 +79,10 @@ proptest! {
 
     #[test]
     fn page_tokens_round_trip(created_at in any::<i64>(), id in any::<u128>()) {
-        let cursor = Cursor { created_at, id: uuid::Uuid::from_u128(id) };
+        let cursor = Cursor {
+            created_at: ansible_runner_service::domain::from_micros(created_at),
+            id: uuid::Uuid::from_u128(id),
+        };
         let filter = ListFilter::default();
         let token = PageToken::new(cursor.clone(), &filter).encode(b"key");
         prop_assert_eq!(PageToken::decode(&token, &filter, b"key").unwrap().cursor, cursor);

@@ -85,7 +85,7 @@ async fn two_queues_with_workers_for_one(backend: Backend) {
         let state = server.state.clone();
         let stop = stop.clone();
         async move {
-            ansible_runner_service::app::run_workers(state, &settings, stop)
+            ansible_runner_service::server::run_workers(state, &settings, stop)
                 .await
                 .unwrap()
         }

@@ -23,9 +23,15 @@ async fn lost_worker_ends_worker_lost(backend: Backend) {
 
     // A worker claims the job and then vanishes without renewing its lease.
     let store = history.store().await;
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = chrono::Utc::now();
     let claimed = store
-        .claim(id, "ghost/1/dead", "ghost", now, now + 1_000_000)
+        .claim(
+            id,
+            "ghost/1/dead",
+            "ghost",
+            now,
+            now + chrono::Duration::seconds(1),
+        )
         .await
         .unwrap()
         .expect("claimed");
@@ -103,6 +109,59 @@ async fn duplicate_deliveries_run_a_job_once(backend: Backend) {
         second.stop().await;
     }
     first.stop().await;
+}
+
+/// Secret vars are kept before the job is committed: when Redis cannot keep
+/// them, nothing is written, the answer says so, and a retry with the same
+/// request_id once Redis is back gets a job that runs with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_secrets_cannot_be_kept_writes_nothing_and_a_retry_runs() {
+    let mut history = History::new(Backend::Shared).await;
+    let mut redis = common::process::RedisServer::start().await;
+    history.settings.redis_url = Some(redis.url());
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let mut req = request("hello.yml");
+    req.request_id = "deploy-7".into();
+    req.secret_extra_vars = vars(serde_json::json!({"token": "abcdef"}));
+
+    redis.stop();
+    let refused = client.submit_job(req.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("nothing was changed"),
+        "{refused:?}"
+    );
+    let listed = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty(), "nothing written: {:?}", listed.jobs);
+
+    redis.start_again().await;
+    let job = eventually(
+        Duration::from_secs(30),
+        "a retry once Redis is back",
+        || {
+            let mut client = client.clone();
+            let req = req.clone();
+            async move {
+                client
+                    .submit_job(req)
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().job)
+            }
+        },
+    )
+    .await;
+    let again = submit(&mut client, req.clone()).await;
+    assert_eq!(again.job_id, job.job_id, "the request_id names one job");
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{done:?}");
+    assert!(done.has_secret_extra_vars);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +316,7 @@ async fn running_job_survives_a_brief_database_outage() {
 /// as a worker process sharing it would; stopped through the token.
 fn start_worker(
     server: &TestServer,
-    settings: &ansible_runner_service::app::Settings,
+    settings: &ansible_runner_service::settings::Settings,
     workers: usize,
     queues: &[&str],
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -268,7 +327,7 @@ fn start_worker(
     let state = server.state.clone();
     let token = stop.clone();
     let handle = tokio::spawn(async move {
-        ansible_runner_service::app::run_workers(state, &settings, token)
+        ansible_runner_service::server::run_workers(state, &settings, token)
             .await
             .expect("workers");
     });

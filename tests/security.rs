@@ -143,7 +143,7 @@ async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     };
     let mut history = History::new(Backend::Embedded).await;
     history.settings.workers = 0;
-    history.settings.tls = Some(ansible_runner_service::app::TlsSettings {
+    history.settings.tls = Some(ansible_runner_service::settings::TlsSettings {
         cert: file("server.pem", &pki.server_cert),
         key: file("server.key", &pki.server_key),
         client_ca: Some(file("ca.pem", &pki.ca)),

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use ansible_runner_service::app::Settings;
 use ansible_runner_service::pb;
+use ansible_runner_service::settings::Settings;
 use common::process::{free_port, health, RedisServer, ServiceProcess};
 use common::*;
 use migration::MigratorTrait;

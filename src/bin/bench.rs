@@ -38,14 +38,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ansible_runner_service::app::{self, AppState, Settings};
+use ansible_runner_service::app::AppState;
+use ansible_runner_service::app::PageToken;
 use ansible_runner_service::domain::{
     self, HostStats, Inventory, Job, JobOptions, JobSpec, JobStatus,
 };
-use ansible_runner_service::grpc::PageToken;
 use ansible_runner_service::live::LiveMessage;
 use ansible_runner_service::pb::job_service_client::JobServiceClient;
 use ansible_runner_service::pb::{self, watch_job_response::Kind};
+use ansible_runner_service::server;
+use ansible_runner_service::settings::Settings;
 use ansible_runner_service::store::{Cursor, ListFilter, Store};
 use ansible_runner_service::worker::ExecutorKind;
 use clap::Parser;
@@ -213,7 +215,7 @@ impl Service {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let (s, st, sd) = (settings.clone(), state.clone(), shutdown.clone());
-        let serving = tokio::spawn(async move { app::serve(listener, st, &s, sd).await });
+        let serving = tokio::spawn(async move { server::serve(listener, st, &s, sd).await });
         let channel = Channel::from_shared(url.clone())
             .expect("url")
             .connect_lazy();
@@ -726,7 +728,7 @@ async fn sections_bcd(bench: &mut Bench, report: &mut Map<String, Value>) {
                 .map(|j| {
                     PageToken::new(
                         Cursor {
-                            created_at: j.created_at.timestamp_micros(),
+                            created_at: j.created_at,
                             id: j.id,
                         },
                         &filter,
@@ -849,7 +851,7 @@ async fn section_e(bench: &mut Bench) -> Value {
     let stop_workers = CancellationToken::new();
     let workers = tokio::spawn({
         let (state, token) = (service.state.clone(), stop_workers.clone());
-        async move { app::run_workers(state, &worker_settings, token).await }
+        async move { server::run_workers(state, &worker_settings, token).await }
     });
     let mut rss_peak = rss_connected;
     let result = loop {

@@ -268,7 +268,7 @@ pub async fn channel(
 
 /// An error with its causes ("transport error" alone says little).
 fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    crate::grpc::error_chain(error)
+    crate::domain::error_chain(error)
 }
 
 impl Client {

@@ -4,8 +4,10 @@
 pub mod access;
 mod error;
 mod job;
+mod transition;
 pub mod validate;
 
 pub use access::{Action, Caller, Scopes, Visibility};
-pub use error::{Error, FieldViolation};
+pub use error::{error_chain, Error, FieldViolation};
 pub use job::*;
+pub use transition::{Lost, RunEnd};

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::defaults;
+
 use super::{Error, FieldViolation, Inventory, JobOptions, JobSpec};
 
 /// Configurable bounds on a submission.
@@ -25,14 +27,14 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_hosts: 1000,
-            max_forks: 100,
-            default_timeout_seconds: 3600,
-            max_timeout_seconds: 86_400,
-            max_extra_vars_depth: 32,
-            max_extra_vars_bytes: 1 << 20,
+            max_hosts: defaults::MAX_HOSTS,
+            max_forks: defaults::MAX_FORKS,
+            default_timeout_seconds: defaults::DEFAULT_TIMEOUT_SECONDS,
+            max_timeout_seconds: defaults::MAX_TIMEOUT_SECONDS,
+            max_extra_vars_depth: defaults::MAX_EXTRA_VARS_DEPTH,
+            max_extra_vars_bytes: defaults::MAX_EXTRA_VARS_BYTES,
             allow_ansible_vars: false,
-            max_pending_per_client: 1000,
+            max_pending_per_client: defaults::MAX_PENDING_PER_CLIENT,
         }
     }
 }
@@ -70,12 +72,20 @@ pub struct Validated {
 
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// The queue a job goes to when its request names none.
-pub const DEFAULT_QUEUE: &str = "default";
+pub const DEFAULT_QUEUE: &str = defaults::QUEUE;
 pub const MAX_QUEUE_NAME_BYTES: usize = 64;
 
 /// A queue (worker group) name: 1 to 64 ASCII letters, digits, `_`, `-` or
 /// `.`, starting with a letter or digit. Names reach Redis keys and metric
 /// labels, so they stay plain.
+/// A job id as a caller sends it: a UUID.
+pub fn job_id(id: &str) -> Result<uuid::Uuid, Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("job_id", "is required"));
+    }
+    uuid::Uuid::parse_str(id).map_err(|_| Error::invalid("job_id", "must be a job id (a UUID)"))
+}
+
 pub fn queue_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_QUEUE_NAME_BYTES {
         return Err(format!(

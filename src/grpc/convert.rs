@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value as PbValue};
 use serde_json::{Map, Number, Value};
 
+use crate::app::{StatusFilter, WatchItem};
 use crate::domain::validate::{RawInventory, Submission};
 use crate::domain::{Inventory, Job, JobEvent, JobOptions, JobStatus};
 use crate::pb;
@@ -85,16 +86,30 @@ pub fn status_to_pb(status: JobStatus) -> pb::JobStatus {
 }
 
 /// A status filter: UNSPECIFIED means any; unknown numbers are refused.
-pub fn status_filter(value: i32) -> Result<Option<JobStatus>, String> {
+pub fn status_filter(value: i32) -> StatusFilter {
     match pb::JobStatus::try_from(value) {
-        Ok(pb::JobStatus::Unspecified) => Ok(None),
-        Ok(pb::JobStatus::Pending) => Ok(Some(JobStatus::Pending)),
-        Ok(pb::JobStatus::Running) => Ok(Some(JobStatus::Running)),
-        Ok(pb::JobStatus::Successful) => Ok(Some(JobStatus::Successful)),
-        Ok(pb::JobStatus::Failed) => Ok(Some(JobStatus::Failed)),
-        Ok(pb::JobStatus::Canceled) => Ok(Some(JobStatus::Canceled)),
-        Ok(pb::JobStatus::TimedOut) => Ok(Some(JobStatus::TimedOut)),
-        Err(_) => Err(format!("unknown status {value}")),
+        Ok(pb::JobStatus::Unspecified) => StatusFilter::Any,
+        Ok(pb::JobStatus::Pending) => StatusFilter::Is(JobStatus::Pending),
+        Ok(pb::JobStatus::Running) => StatusFilter::Is(JobStatus::Running),
+        Ok(pb::JobStatus::Successful) => StatusFilter::Is(JobStatus::Successful),
+        Ok(pb::JobStatus::Failed) => StatusFilter::Is(JobStatus::Failed),
+        Ok(pb::JobStatus::Canceled) => StatusFilter::Is(JobStatus::Canceled),
+        Ok(pb::JobStatus::TimedOut) => StatusFilter::Is(JobStatus::TimedOut),
+        Err(_) => StatusFilter::Unknown(value.into()),
+    }
+}
+
+/// One WatchJob message.
+pub fn watch_response(sequence: u64, item: WatchItem) -> pb::WatchJobResponse {
+    use pb::watch_job_response::Kind as PbKind;
+    let kind = match item {
+        WatchItem::Snapshot(job) => PbKind::Snapshot(job_to_pb(&job)),
+        WatchItem::Event(event) => PbKind::Event(event_to_pb(&event)),
+        WatchItem::StatusChange(job) => PbKind::StatusChange(job_to_pb(&job)),
+    };
+    pb::WatchJobResponse {
+        sequence,
+        kind: Some(kind),
     }
 }
 

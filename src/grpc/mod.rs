@@ -1,15 +1,12 @@
-//! The gRPC face of the service: a thin JobService that validates requests,
-//! calls the domain and store, and converts to and from protobuf.
+//! The gRPC face of the service: callers recognised (API keys, client
+//! certificates), requests converted to and from protobuf, each call handed
+//! to its use-case in [`crate::app`], errors mapped to gRPC statuses.
 
 pub mod auth;
 pub mod convert;
-mod page_token;
 mod service;
 mod status;
-mod watch;
 mod when_ready;
 
-pub use page_token::PageToken;
 pub use service::JobApi;
-pub use status::error_chain;
 pub use when_ready::WhenReady;

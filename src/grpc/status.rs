@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::Error;
+use crate::domain::{error_chain, Error};
 
 /// The domain of every ErrorInfo this service returns.
 pub const ERROR_DOMAIN: &str = "ansible-runner.v1";
@@ -94,53 +94,4 @@ impl From<Error> for Status {
 fn error_message(violations: &[crate::domain::FieldViolation]) -> String {
     let parts: Vec<String> = violations.iter().map(ToString::to_string).collect();
     format!("invalid request: {}", parts.join("; "))
-}
-
-/// "outer: inner: innermost", for logs. A cause whose text is already said
-/// (libraries often repeat their source's message) is not said again.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !said.is_empty() && !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::error_chain;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("{text}")]
-    struct Layer {
-        text: String,
-        #[source]
-        source: Option<Box<Layer>>,
-    }
-
-    #[test]
-    fn a_repeated_cause_is_said_once() {
-        let inner = Layer {
-            text: "1049 (42000): Unknown database 'x'".into(),
-            source: None,
-        };
-        let middle = Layer {
-            text: "error returned from database: 1049 (42000): Unknown database 'x'".into(),
-            source: Some(Box::new(inner)),
-        };
-        let outer = Layer {
-            text: "connect to the history database".into(),
-            source: Some(Box::new(middle)),
-        };
-        assert_eq!(
-            error_chain(&outer),
-            "connect to the history database: error returned from database: 1049 (42000): Unknown database 'x'"
-        );
-    }
 }

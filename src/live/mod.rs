@@ -212,13 +212,11 @@ pub async fn announce(live: &Arc<dyn LiveState>, job: &Job) {
             let live = live.clone();
             let job = job.clone();
             tokio::spawn(async move {
-                let mut backoff = Duration::from_secs(1);
-                for _ in 0..30 {
-                    tokio::time::sleep(backoff).await;
+                for delay in crate::retry::LIVE_CATCH_UP.delays() {
+                    tokio::time::sleep(delay).await;
                     if live.put_job(&job).await.is_ok() {
                         return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 tracing::error!(job_id = %job.id, "gave up updating the live state");
             });

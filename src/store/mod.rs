@@ -6,7 +6,10 @@
 pub mod entities;
 mod events;
 mod jobs;
+mod listing;
 mod prune;
+mod rows;
+mod runs;
 mod schema;
 mod totals;
 
@@ -20,8 +23,9 @@ use sea_orm::{
 use crate::domain::Error;
 use crate::startup::redact;
 
-pub use jobs::{CancelOutcome, Cursor, ListFilter, ListPage, RecordedRun};
+pub use listing::{Cursor, ListFilter, ListPage};
 pub use prune::PruneReport;
+pub use runs::{CancelOutcome, RecordedRun};
 pub use totals::TotalPolicy;
 
 /// Handle on the history database; cheap to clone.
@@ -31,7 +35,7 @@ pub struct Store {
     /// The URL it was opened with (the migration lock takes a connection of its own).
     url: String,
     /// ListJobs totals of large results, shared by the clones of this handle.
-    totals: Arc<totals::Totals>,
+    totals: Arc<totals::Totals<ListFilter>>,
 }
 
 impl Store {
@@ -112,7 +116,7 @@ impl Store {
                 .map_err(|e| Error::internal("generate a secret", e.to_string()))?;
             let row = service_secrets::ActiveModel {
                 name: Set(name.to_owned()),
-                value: Set(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+                value: Set(hex::encode(bytes)),
             };
             // Another process may have made it first; theirs wins.
             let _ = service_secrets::Entity::insert(row)
@@ -234,7 +238,7 @@ pub(crate) fn db_error(context: &str, e: DbErr) -> Error {
     match hint {
         Some(hint) => Error::Config(format!(
             "{context}: {}; {hint}",
-            crate::grpc::error_chain(&e)
+            crate::domain::error_chain(&e)
         )),
         None => Error::internal(context, e),
     }

@@ -6,6 +6,8 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 
 use super::entities::{job_events, job_output, jobs};
 use super::{db_error, Store};
+use chrono::{DateTime, Utc};
+
 use crate::domain::{Error, JobStatus};
 
 /// Jobs deleted per batch.
@@ -27,11 +29,12 @@ impl Store {
     /// the batch's job ids and event count; no ids when nothing is left.
     pub async fn prune_batch(
         &self,
-        before: i64,
+        before: DateTime<Utc>,
         status: Option<JobStatus>,
         dry_run: bool,
         after: &str,
     ) -> Result<(Vec<(String, JobStatus)>, u64), Error> {
+        let before = crate::domain::to_micros(before);
         let terminal: Vec<&str> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal() && status.is_none_or(|wanted| wanted == *s))

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::jobs::ListFilter;
+use std::hash::Hash;
 
 /// Background recounts that may run at once in one process, so a burst of
 /// stale filters cannot take the database's connections.
@@ -80,14 +80,14 @@ pub(super) enum Plan {
     Count(Arc<tokio::sync::Mutex<()>>),
 }
 
-pub(super) struct Totals {
+pub(super) struct Totals<K> {
     policy: TotalPolicy,
-    slots: Mutex<HashMap<ListFilter, Slot>>,
+    slots: Mutex<HashMap<K, Slot>>,
     refreshes: Arc<Semaphore>,
 }
 
-impl Totals {
-    pub fn new(policy: TotalPolicy) -> Totals {
+impl<K: Eq + Hash + Clone> Totals<K> {
+    pub fn new(policy: TotalPolicy) -> Totals<K> {
         Totals {
             policy,
             slots: Mutex::new(HashMap::new()),
@@ -103,12 +103,12 @@ impl Totals {
         self.refreshes.clone()
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<ListFilter, Slot>> {
+    fn slots(&self) -> MutexGuard<'_, HashMap<K, Slot>> {
         // The map stays consistent across a panic: every change is one step.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn plan(&self, filter: &ListFilter, now: Instant) -> Plan {
+    pub fn plan(&self, filter: &K, now: Instant) -> Plan {
         let mut slots = self.slots();
         if !slots.contains_key(filter) {
             self.make_room(&mut slots);
@@ -136,14 +136,14 @@ impl Totals {
     }
 
     /// The kept count of `filter` when it may still be served.
-    pub fn fresh(&self, filter: &ListFilter, now: Instant) -> Option<u64> {
+    pub fn fresh(&self, filter: &K, now: Instant) -> Option<u64> {
         let slots = self.slots();
         let c = slots.get(filter)?.count?;
         (now.saturating_duration_since(c.at) < self.policy.max_age).then_some(c.value)
     }
 
     /// Keeps a full count, unless a newer one is kept already.
-    pub fn record(&self, filter: &ListFilter, counted: Counted) {
+    pub fn record(&self, filter: &K, counted: Counted) {
         let mut slots = self.slots();
         if !slots.contains_key(filter) {
             self.make_room(&mut slots);
@@ -160,7 +160,7 @@ impl Totals {
     }
 
     /// Ends a background recount of `filter` (keeping its count, if it got one).
-    pub fn refreshed(&self, filter: &ListFilter, counted: Option<Counted>) {
+    pub fn refreshed(&self, filter: &K, counted: Option<Counted>) {
         let mut slots = self.slots();
         // A filter evicted meanwhile stays out: the map does not grow here.
         if let Some(slot) = slots.get_mut(filter) {
@@ -173,7 +173,7 @@ impl Totals {
         }
     }
 
-    fn make_room(&self, slots: &mut HashMap<ListFilter, Slot>) {
+    fn make_room(&self, slots: &mut HashMap<K, Slot>) {
         while slots.len() >= self.policy.capacity.max(1) {
             let Some(oldest) = slots
                 .iter()
@@ -189,13 +189,13 @@ impl Totals {
 
 /// Clears a filter's in-flight mark however its background recount ends
 /// (panic and runtime shutdown included), so a later call can start another.
-pub(super) struct RefreshMark {
-    pub totals: Arc<Totals>,
-    pub filter: ListFilter,
+pub(super) struct RefreshMark<K: Eq + Hash + Clone> {
+    pub totals: Arc<Totals<K>>,
+    pub filter: K,
     pub counted: Option<Counted>,
 }
 
-impl Drop for RefreshMark {
+impl<K: Eq + Hash + Clone> Drop for RefreshMark<K> {
     fn drop(&mut self) {
         self.totals.refreshed(&self.filter, self.counted.take());
     }
@@ -204,6 +204,7 @@ impl Drop for RefreshMark {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ListFilter;
 
     fn policy() -> TotalPolicy {
         TotalPolicy {

@@ -24,31 +24,13 @@ use crate::catalogue::Catalogue;
 use crate::live::LiveState;
 use crate::store::Store;
 
+pub use crate::settings::ExecutorKind;
 pub use executor::{
     signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason, DEFAULT_STDOUT_CAP,
 };
 pub use mask::Masker;
 pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
-
-/// How a worker starts playbooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExecutorKind {
-    /// A long-lived Python process per worker slot imports Ansible once and
-    /// forks each run; runs plainly where it cannot.
-    Warm,
-    /// `ansible-playbook` started afresh for every job.
-    Plain,
-}
-
-impl ExecutorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutorKind::Warm => "warm",
-            ExecutorKind::Plain => "plain",
-        }
-    }
-}
 
 /// Timing of leases and shutdown.
 #[derive(Debug, Clone)]
@@ -151,8 +133,9 @@ impl Worker {
                     continue;
                 }
             };
-            let now = chrono::Utc::now().timestamp_micros();
-            let lease_until = now + self.timing.lease.as_micros() as i64;
+            let now = chrono::Utc::now();
+            let lease_until = now
+                + chrono::Duration::from_std(self.timing.lease).unwrap_or(chrono::Duration::MAX);
             match self
                 .store
                 .claim(id, &self.id, &self.host, now, lease_until)

@@ -32,7 +32,7 @@ impl Worker {
                 tracing::warn!(job_id = %run.id, killed, worker = %run.worker_id, "killed a run left by a dead worker");
             }
             if run.status == JobStatus::Running {
-                let now = chrono::Utc::now().timestamp_micros();
+                let now = chrono::Utc::now();
                 match self
                     .store
                     .end_lost_run(run.id, run.attempt, &run.worker_id, now)

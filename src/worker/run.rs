@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::executor::{RawEvent, RunOutput, StopReason};
 use super::{ExecError, Masker, Worker};
-use crate::domain::{Error, ErrorReason, Job, JobEvent, JobStatus, Outcome};
+use crate::domain::RunEnd;
+use crate::domain::{Error, ErrorReason, Job, JobEvent, Outcome};
 use crate::live::LiveMessage;
 use serde_json::{Map, Value};
 
@@ -102,12 +103,7 @@ impl Worker {
                 ..
             }) => None,
             Ok(out) => Some(outcome_of(&job, out)),
-            Err(message) => Some(Outcome {
-                status: JobStatus::Failed,
-                result: None,
-                error: Some(message),
-                error_reason: Some(ErrorReason::ExecutorError),
-            }),
+            Err(message) => Some(Outcome::not_run(ErrorReason::ExecutorError, message)),
         };
         if let Some(outcome) = outcome {
             if lost.is_cancelled() {
@@ -137,20 +133,18 @@ impl Worker {
                 }
             }
         }
-        Err(Outcome {
-            status: JobStatus::Failed,
-            result: None,
-            error: Some("the job's secret extra vars were lost before it ran (the live state lost them); submit it again".into()),
-            error_reason: Some(ErrorReason::SecretsLost),
-        })
+        Err(Outcome::not_run(
+            ErrorReason::SecretsLost,
+            "the job's secret extra vars were lost before it ran (the live state lost them); submit it again",
+        ))
     }
 
     /// Commits the outcome, fenced by the claim; retries while the database
     /// is unreachable and the lease still holds.
     async fn finish(&self, job: &Job, outcome: &Outcome, lost: &CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = crate::retry::RUN_RECORD.delays();
         loop {
-            let now = chrono::Utc::now().timestamp_micros();
+            let now = chrono::Utc::now();
             match self
                 .store
                 .finish(job.id, job.attempt, &self.id, outcome, now)
@@ -167,8 +161,7 @@ impl Worker {
                 }
                 Err(e @ Error::Unavailable { .. }) if !lost.is_cancelled() => {
                     tracing::warn!(job_id = %job.id, error = %e, "recording the outcome; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(delays.next().unwrap_or(crate::retry::RUN_RECORD.max)).await;
                 }
                 Err(e) => {
                     tracing::error!(job_id = %job.id, error = %e, "recording the outcome");
@@ -212,7 +205,7 @@ impl Worker {
                     // A hung connection must not hold the guard past the lease.
                     let renewal = tokio::time::timeout(
                         lease / 3,
-                        self.store.renew_lease(job.id, job.attempt, &self.id, until.timestamp_micros()),
+                        self.store.renew_lease(job.id, job.attempt, &self.id, until),
                     )
                     .await
                     .unwrap_or_else(|_| Err(Error::Unavailable {
@@ -314,7 +307,7 @@ impl Worker {
                 })
                 .collect();
             let mut batch = batch;
-            let mut backoff = Duration::from_millis(50);
+            let mut delays = crate::retry::EVENT_RECORD.delays();
             let mut slimmed = false;
             loop {
                 match self.store.insert_events(attempt, &self.id, &batch).await {
@@ -326,8 +319,8 @@ impl Worker {
                     }
                     Err(e @ Error::Unavailable { .. }) if !lost.is_cancelled() => {
                         tracing::warn!(job_id = %job_id, error = %e, "storing events; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        let delay = delays.next().unwrap_or(crate::retry::EVENT_RECORD.max);
+                        tokio::time::sleep(delay).await;
                     }
                     // The database refuses these events as they are (too large,
                     // characters it cannot store): keep their place in the
@@ -391,50 +384,25 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// The terminal state of a run that ended by itself or was stopped.
+/// The terminal state of a run that ended by itself or was stopped (the
+/// rules are the domain's: [`Outcome::of_run`]).
 fn outcome_of(job: &Job, out: RunOutput) -> Outcome {
-    let (status, error, reason) = match out.stopped {
-        Some(StopReason::Cancel) => (
-            JobStatus::Canceled,
-            Some("canceled while running".to_owned()),
-            Some(ErrorReason::Canceled),
-        ),
-        Some(StopReason::Timeout) => (
-            JobStatus::TimedOut,
-            Some(format!(
-                "ran longer than its timeout of {} s",
-                job.spec.timeout_seconds
-            )),
-            Some(ErrorReason::TimedOut),
-        ),
-        Some(StopReason::Shutdown) => (
-            JobStatus::Canceled,
-            Some("the worker shut down while the job ran".to_owned()),
-            Some(ErrorReason::Shutdown),
-        ),
-        Some(StopReason::LeaseLost) => (
-            JobStatus::Failed,
-            Some("the worker lost its lease".to_owned()),
-            Some(ErrorReason::WorkerLost),
-        ),
-        None if out.rc == 0 => (JobStatus::Successful, None, None),
-        None => (
-            JobStatus::Failed,
-            Some(format!("ansible-playbook exited with rc {}", out.rc)),
-            Some(ErrorReason::PlaybookFailed),
-        ),
+    let end = match out.stopped {
+        Some(StopReason::Cancel) => RunEnd::Canceled,
+        Some(StopReason::Timeout) => RunEnd::TimedOut {
+            timeout_seconds: job.spec.timeout_seconds,
+        },
+        Some(StopReason::Shutdown) => RunEnd::Shutdown,
+        Some(StopReason::LeaseLost) => RunEnd::LeaseLost,
+        None => RunEnd::Exited(out.rc),
     };
-    Outcome {
-        status,
-        result: Some(crate::domain::JobResult {
-            rc: out.rc,
-            stdout: out.stdout,
-            stdout_truncated: out.stdout_truncated,
-            stats: out.stats,
-        }),
-        error,
-        error_reason: reason,
-    }
+    let result = crate::domain::JobResult {
+        rc: out.rc,
+        stdout: out.stdout,
+        stdout_truncated: out.stdout_truncated,
+        stats: out.stats,
+    };
+    Outcome::of_run(end, result)
 }
 
 impl From<ExecError> for Error {

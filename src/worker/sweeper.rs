@@ -75,7 +75,7 @@ impl Sweeper {
 
     async fn sweep_once(&self) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now();
         for job in self.store.expire_leases(now).await? {
             tracing::warn!(job_id = %job.id, "worker lost; job failed");
             announce(&self.live, &job).await;
@@ -90,7 +90,8 @@ impl Sweeper {
         }
         // Every PENDING job old enough, however long the queues are: the
         // dispatch queues the ones it does not hold, in their place.
-        let before = now - self.redispatch_after.as_micros() as i64;
+        let before = now
+            - chrono::Duration::from_std(self.redispatch_after).unwrap_or(chrono::Duration::MAX);
         let mut after: Option<Cursor> = None;
         loop {
             let page = self
@@ -102,7 +103,7 @@ impl Sweeper {
                 .map(|(id, queue, created_at)| Queued {
                     id: *id,
                     queue: queue.clone(),
-                    created_at: *created_at,
+                    created_at: crate::domain::to_micros(*created_at),
                 })
                 .collect();
             for id in self.live.dispatch(&jobs).await? {
@@ -128,9 +129,9 @@ impl Sweeper {
         let label = crate::metrics::Metrics::label;
         let mut depths: BTreeMap<String, u64> = BTreeMap::from([(DEFAULT_QUEUE.to_owned(), 0)]);
         depths.extend(self.live.queue_depths().await?);
-        let oldest: BTreeMap<String, i64> =
+        let oldest: BTreeMap<String, chrono::DateTime<chrono::Utc>> =
             self.store.oldest_pending().await?.into_iter().collect();
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now();
         for queue in oldest.keys() {
             depths.entry(queue.clone()).or_insert(0);
         }
@@ -141,7 +142,7 @@ impl Sweeper {
                 .set(*depth as i64);
             let age = oldest
                 .get(queue)
-                .map(|created| (now - created).max(0) as f64 / 1e6)
+                .map(|created| (now - *created).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6)
                 .unwrap_or(0.0);
             metrics
                 .oldest_pending

@@ -15,12 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ansible_runner_service::app::{self, AppState, Settings};
+use ansible_runner_service::app::AppState;
 use ansible_runner_service::pb::job_service_client::JobServiceClient;
 use ansible_runner_service::pb::{
     self, watch_job_response::Kind, GetJobRequest, SubmitJobRequest, WatchJobRequest,
     WatchJobResponse,
 };
+use ansible_runner_service::server;
+use ansible_runner_service::settings::Settings;
 use ansible_runner_service::store::Store;
 use ansible_runner_service::worker::ExecutorKind;
 use sea_orm::{ConnectionTrait, Database};
@@ -219,7 +221,7 @@ impl TestServer {
             let settings = settings.clone();
             let state = state.clone();
             let shutdown = shutdown.clone();
-            async move { app::serve(listener, state, &settings, shutdown).await }
+            async move { server::serve(listener, state, &settings, shutdown).await }
         });
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("address")

@@ -41,13 +41,16 @@ impl Pki {
 
     /// Server settings for TLS with client certificates of this CA, the
     /// PEM files written to `dir`.
-    pub fn server_tls(&self, dir: &std::path::Path) -> ansible_runner_service::app::TlsSettings {
+    pub fn server_tls(
+        &self,
+        dir: &std::path::Path,
+    ) -> ansible_runner_service::settings::TlsSettings {
         let file = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
             path
         };
-        ansible_runner_service::app::TlsSettings {
+        ansible_runner_service::settings::TlsSettings {
             cert: file("server.pem", &self.server_cert),
             key: file("server.key", &self.server_key),
             client_ca: Some(file("ca.pem", &self.ca)),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ansible_runner_service::app::Settings;
+use ansible_runner_service::settings::Settings;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -290,6 +290,18 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as an outage would).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty server on the same port after [`RedisServer::stop`].
+    pub async fn start_again(&mut self) {
+        self.child = Self::spawn(self.port, &self.dir);
+        self.wait_ready().await;
     }
 
     /// Kills the server and starts an empty one on the same port.

@@ -24,10 +24,6 @@ pub struct PageToken {
     filters: String,
 }
 
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The filters, hex-encoded so the separators stay unambiguous.
 /// A queue filter is appended only when set, so tokens issued before queues
 /// existed stay valid.
@@ -35,11 +31,11 @@ fn fingerprint(filter: &ListFilter) -> String {
     let mut text = format!(
         "{}.{}.{}",
         filter.status.map(|s| s.as_str()).unwrap_or("-"),
-        hex(filter.playbook.as_deref().unwrap_or_default()),
-        hex(filter.submitted_by.as_deref().unwrap_or_default())
+        hex::encode(filter.playbook.as_deref().unwrap_or_default()),
+        hex::encode(filter.submitted_by.as_deref().unwrap_or_default())
     );
     if let Some(queue) = &filter.queue {
-        text.push_str(&format!(".q{}", hex(queue)));
+        text.push_str(&format!(".q{}", hex::encode(queue)));
     }
     text
 }
@@ -61,7 +57,7 @@ impl PageToken {
     pub fn encode(&self, key: &[u8]) -> String {
         let payload = format!(
             "{VERSION}|{}|{}|{}",
-            self.cursor.created_at,
+            crate::domain::to_micros(self.cursor.created_at),
             self.cursor.id.simple(),
             self.filters
         );
@@ -92,7 +88,7 @@ impl PageToken {
         };
         let token = PageToken {
             cursor: Cursor {
-                created_at: created_at.parse().map_err(|_| bad())?,
+                created_at: crate::domain::from_micros(created_at.parse().map_err(|_| bad())?),
                 id: Uuid::parse_str(id).map_err(|_| bad())?,
             },
             filters: filters.to_owned(),
@@ -123,7 +119,7 @@ mod tests {
         };
         let token = PageToken::new(
             Cursor {
-                created_at: 1_700_000_000_000_000,
+                created_at: crate::domain::from_micros(1_700_000_000_000_000),
                 id: Uuid::now_v7(),
             },
             &filter,

@@ -1,207 +1,22 @@
-//! Assembling the service: connecting the history and the live state, and
-//! serving the gRPC API (with health and reflection) next to in-process
-//! workers and the sweeper. Shared by `main` and the tests.
+//! Assembling a process: the gRPC API (with health and reflection) over the
+//! use-cases, next to in-process workers and the sweeper, until shutdown.
+//! Shared by `main` and the tests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalogue::Catalogue;
-use crate::domain::validate::Limits;
+use crate::app::{prune_periodically, AppState};
 use crate::domain::Error;
 use crate::grpc::auth::{Access, KeyRing};
 use crate::grpc::JobApi;
-use crate::live::{self, LiveState};
 use crate::pb::job_service_server::JobServiceServer;
-use crate::startup::{self, redact};
-use crate::store::{PruneReport, Store};
-use crate::worker::{Executor, ExecutorKind, Sweeper, Worker, WorkerTiming, DEFAULT_STDOUT_CAP};
-
-/// Everything the service needs to run, whatever set it (flags or a test).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub database_url: String,
-    pub redis_url: Option<String>,
-    pub redis_prefix: String,
-    pub playbooks_dir: PathBuf,
-    /// Jobs run at once by this process; 0 for an API server only.
-    pub workers: usize,
-    /// The queues (worker groups) this process's workers take jobs from.
-    pub queues: Vec<String>,
-    pub ansible_playbook: PathBuf,
-    /// How playbooks are started: a warm Python process per worker slot, or
-    /// a plain `ansible-playbook` per job.
-    pub executor: ExecutorKind,
-    pub limits: Limits,
-    pub lease: Duration,
-    pub sweep_interval: Duration,
-    pub redispatch_after: Duration,
-    pub kill_grace: Duration,
-    pub shutdown_grace: Duration,
-    pub stdout_cap: usize,
-    /// File of `<client> <sha256 hex>` lines; unset: no authentication.
-    pub api_keys_file: Option<PathBuf>,
-    pub tls: Option<TlsSettings>,
-    /// Largest request accepted (RESOURCE_EXHAUSTED beyond).
-    pub max_request_bytes: usize,
-    /// Open WatchJob streams per client at most.
-    pub max_watches_per_client: usize,
-    /// Prune finished jobs older than this, every hour.
-    pub prune_older_than: Option<Duration>,
-    /// Where to serve Prometheus metrics.
-    pub metrics_listen: Option<SocketAddr>,
-    /// How long to keep trying to reach the history database and Redis at start.
-    pub connect_timeout: Duration,
-    /// Apply pending migrations at start (else only check the schema is current).
-    pub migrate: bool,
-}
-
-/// PEM files for TLS; with a client CA, clients need a certificate it signed.
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
-
-impl Settings {
-    /// The embedded default: SQLite under ./data, in-process live state.
-    pub fn embedded() -> Settings {
-        Settings {
-            database_url: "sqlite://data/ansible-runner.db".into(),
-            redis_url: None,
-            redis_prefix: "ars".into(),
-            playbooks_dir: PathBuf::from("playbooks"),
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            queues: vec![crate::live::DEFAULT_QUEUE.to_owned()],
-            ansible_playbook: PathBuf::from("ansible-playbook"),
-            executor: ExecutorKind::Warm,
-            limits: Limits::default(),
-            lease: Duration::from_secs(30),
-            sweep_interval: Duration::from_secs(5),
-            redispatch_after: Duration::from_secs(10),
-            kill_grace: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(30),
-            stdout_cap: DEFAULT_STDOUT_CAP,
-            api_keys_file: None,
-            tls: None,
-            max_request_bytes: 1 << 20,
-            max_watches_per_client: 100,
-            prune_older_than: None,
-            metrics_listen: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            migrate: true,
-        }
-    }
-}
-
-/// How long a process waits for its history database and Redis at start.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What request handlers share.
-pub struct AppState {
-    pub store: Store,
-    pub live: Arc<dyn LiveState>,
-    pub catalogue: Catalogue,
-    pub limits: Limits,
-    /// How long CancelJob waits for a running job to stop before answering.
-    pub cancel_wait: Duration,
-    /// Signs page tokens; the same on every API server.
-    pub page_key: Vec<u8>,
-    pub max_watches_per_client: usize,
-    watch_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
-}
-
-impl AppState {
-    /// Connects the history (applying migrations, or checking the schema
-    /// with `migrate` off) and the live state, waiting up to
-    /// `connect_timeout` for each to be reachable.
-    pub async fn connect(settings: &Settings) -> Result<Arc<AppState>, Error> {
-        let catalogue = Catalogue::open(&settings.playbooks_dir)?;
-        let store = connect_store(&settings.database_url, settings.connect_timeout).await?;
-        if settings.migrate {
-            store.migrate().await?;
-        } else {
-            store.check_schema().await?;
-        }
-        let page_key = store.service_secret("page_token").await?;
-        let live = match settings.redis_url.as_deref() {
-            Some(url) => {
-                startup::retry("Redis", &redact(url), settings.connect_timeout, || {
-                    live::connect(Some(url), &settings.redis_prefix)
-                })
-                .await?
-            }
-            None => live::connect(None, &settings.redis_prefix).await?,
-        };
-        Ok(Arc::new(AppState {
-            store,
-            live,
-            catalogue,
-            limits: settings.limits.clone(),
-            cancel_wait: settings.kill_grace + Duration::from_secs(5),
-            page_key,
-            max_watches_per_client: settings.max_watches_per_client,
-            watch_slots: Default::default(),
-        }))
-    }
-
-    /// A place for one more watch stream of this caller, held while it lasts.
-    pub fn watch_slot(
-        &self,
-        caller: &crate::domain::Caller,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        let slots = {
-            let mut all = self.watch_slots.lock().unwrap_or_else(|e| e.into_inner());
-            all.entry(caller.label().to_owned())
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Semaphore::new(self.max_watches_per_client))
-                })
-                .clone()
-        };
-        slots.try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "client {} already has {} open watch streams, the most allowed",
-                caller.label(),
-                self.max_watches_per_client
-            ))
-        })
-    }
-
-    pub async fn close(&self) {
-        self.live.close().await;
-        self.store.clone().close().await;
-    }
-}
-
-/// The history database, waiting up to `timeout` for it to be reachable.
-pub async fn connect_store(url: &str, timeout: Duration) -> Result<Store, Error> {
-    let store = startup::retry("the history database", &redact(url), timeout, || {
-        Store::connect(url)
-    })
-    .await?;
-    tracing::info!(history = %redact(url), "history database connected");
-    Ok(store)
-}
-
-/// Like [`connect_store`], for commands that use a history but never create
-/// or migrate one (`prune`): its schema must be the one this binary knows.
-pub async fn open_store(url: &str, timeout: Duration) -> Result<Store, Error> {
-    let store = startup::retry("the history database", &redact(url), timeout, || {
-        Store::open_existing(url)
-    })
-    .await?;
-    tracing::info!(history = %redact(url), "history database connected");
-    store.check_schema().await?;
-    Ok(store)
-}
+use crate::settings::{Settings, TlsSettings};
+use crate::worker::{Executor, Sweeper, Worker, WorkerTiming};
 
 fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {
     let read = |flag: &str, path: &PathBuf| {
@@ -313,63 +128,6 @@ pub fn find_ansible_playbook(program: &std::path::Path) -> Result<PathBuf, Error
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .ok_or_else(missing)
-}
-
-/// Deletes finished jobs created more than `age` ago (of one status if
-/// given) in small batches, and forgets them in the live state.
-pub async fn prune(
-    store: &Store,
-    live: Option<&dyn LiveState>,
-    age: Duration,
-    status: Option<crate::domain::JobStatus>,
-    dry_run: bool,
-) -> Result<PruneReport, Error> {
-    let before = chrono::Utc::now().timestamp_micros() - age.as_micros() as i64;
-    let mut report = PruneReport::default();
-    let mut after = String::new();
-    loop {
-        let (found, events) = store.prune_batch(before, status, dry_run, &after).await?;
-        let Some(last) = found.last().map(|(id, _)| id.clone()) else {
-            return Ok(report);
-        };
-        report.jobs += found.len() as u64;
-        report.events += events;
-        for (_, status) in &found {
-            *report.by_status.entry(status.as_str()).or_default() += 1;
-        }
-        if let (Some(live), false) = (live, dry_run) {
-            for id in found
-                .iter()
-                .filter_map(|(id, _)| uuid::Uuid::parse_str(id).ok())
-            {
-                if let Err(e) = live.forget_job(id).await {
-                    tracing::warn!(job_id = %id, error = %e, "forgetting a pruned job");
-                }
-            }
-        }
-        after = last;
-    }
-}
-
-/// Deletes finished jobs older than `age` every hour.
-async fn prune_periodically(state: Arc<AppState>, age: Duration, shutdown: CancellationToken) {
-    loop {
-        match prune(&state.store, Some(state.live.as_ref()), age, None, false).await {
-            Ok(report) if report.jobs > 0 => {
-                tracing::info!(
-                    jobs = report.jobs,
-                    events = report.events,
-                    "pruned old jobs"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning old jobs"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
 }
 
 /// Runs workers and the sweeper until `shutdown`, then drains.

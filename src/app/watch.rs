@@ -9,13 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
-use super::convert::{event_to_pb, job_to_pb};
-use crate::app::AppState;
-use crate::domain::{Error, Job};
+use super::AppState;
+use crate::domain::{validate, Action, Caller, Error, Job, JobEvent};
 use crate::live::LiveMessage;
-use crate::pb::{watch_job_response::Kind, WatchJobResponse};
 
 /// How often a watcher re-checks the history without a fan-out message:
 /// a safety net for messages lost while the live state was unreachable.
@@ -23,9 +20,77 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// Events read from the history per query.
 const CATCH_UP_BATCH: u64 = 500;
 
-type Tx = mpsc::Sender<Result<WatchJobResponse, Status>>;
+/// What a watch sends, each with the sequence of the last event sent.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// The job when the watch started.
+    Snapshot(Job),
+    Event(JobEvent),
+    /// The job in its terminal state: the last message.
+    StatusChange(Job),
+}
 
-pub async fn produce(
+/// Why a watch ended before the job did.
+#[derive(Debug)]
+pub enum WatchStop {
+    /// The caller's deadline passed.
+    DeadlineExceeded,
+    /// The server is shutting down.
+    Shutdown,
+    Failed(Error),
+}
+
+/// One message of a watch: (sequence, item), or why it stopped.
+pub type WatchMessage = Result<(u64, WatchItem), WatchStop>;
+
+type Tx = mpsc::Sender<WatchMessage>;
+
+impl AppState {
+    /// WatchJob: a stream of the job's snapshot, its events after
+    /// `after_sequence` in order without gaps or duplicates, then its terminal
+    /// state. It ends early at `deadline`, at `shutdown`, or when the
+    /// receiver is dropped.
+    pub async fn watch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        job_id: &str,
+        after_sequence: u64,
+        shutdown: CancellationToken,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<mpsc::Receiver<WatchMessage>, Error> {
+        caller.require(Action::Read)?;
+        let id = validate::job_id(job_id)?;
+        let slot = self.watch_slot(caller)?;
+        // Subscribe before the first read, so nothing falls between the two.
+        let subscription = self.live.hub().subscribe(id);
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
+        let job = caller.visible(job)?;
+        let (tx, rx) = mpsc::channel(64);
+        let producer = produce(
+            self.clone(),
+            job,
+            after_sequence,
+            subscription,
+            tx,
+            shutdown,
+            deadline,
+        );
+        let open = crate::metrics::get().watch_streams.clone();
+        open.inc();
+        tokio::spawn(async move {
+            producer.await;
+            open.dec();
+            drop(slot);
+        });
+        Ok(rx)
+    }
+}
+
+async fn produce(
     state: Arc<AppState>,
     job: Job,
     after_sequence: u64,
@@ -37,7 +102,7 @@ pub async fn produce(
     let job_id = job.id;
     let stream = async {
         let mut last = after_sequence;
-        send(&tx, &shutdown, last, Kind::Snapshot(watched(&job))).await?;
+        send(&tx, &shutdown, last, WatchItem::Snapshot(watched(&job))).await?;
         let mut job = job;
         // Whether the fan-out told us of the terminal state (its publisher
         // updated the live state first).
@@ -55,7 +120,7 @@ pub async fn produce(
                         tracing::debug!(job_id = %job_id, error = %e, "refreshing the live state");
                     }
                 }
-                send(&tx, &shutdown, last, Kind::StatusChange(watched(&job))).await?;
+                send(&tx, &shutdown, last, WatchItem::StatusChange(watched(&job))).await?;
                 return Ok(());
             }
             let recheck = tokio::time::sleep(RECHECK);
@@ -66,7 +131,7 @@ pub async fn produce(
                     received = subscription.recv() => match received {
                         Ok(LiveMessage::Event(event)) if event.seq == last + 1 => {
                             last = event.seq;
-                            send(&tx, &shutdown, last, Kind::Event(event_to_pb(&event))).await?;
+                            send(&tx, &shutdown, last, WatchItem::Event(event)).await?;
                         }
                         Ok(LiveMessage::Event(event)) if event.seq <= last => {}
                         Ok(LiveMessage::Changed { status }) if !status.is_terminal() => {}
@@ -100,27 +165,21 @@ pub async fn produce(
     match outcome {
         Ok(()) | Err(Stop::ClientGone) => {}
         Err(Stop::DeadlineExceeded) => {
-            let _ = tx.try_send(Err(Status::deadline_exceeded(
-                "the call's deadline passed; resume with after_sequence",
-            )));
+            let _ = tx.try_send(Err(WatchStop::DeadlineExceeded));
         }
         Err(Stop::Shutdown) => {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the server is shutting down; resume with after_sequence",
-                )))
-                .await;
+            let _ = tx.send(Err(WatchStop::Shutdown)).await;
         }
         Err(Stop::Failed(e)) => {
-            let _ = tx.send(Err(e.into())).await;
+            let _ = tx.send(Err(WatchStop::Failed(e))).await;
         }
     }
 }
 
 /// The job as a watch sends it: without result.stdout, which the events
 /// already carry piece by piece (and which may pass clients' 4 MiB limit).
-fn watched(job: &Job) -> crate::pb::Job {
-    let mut job = job_to_pb(job);
+fn watched(job: &Job) -> Job {
+    let mut job = job.clone();
     if let Some(result) = &mut job.result {
         result.stdout.clear();
     }
@@ -134,19 +193,21 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = crate::retry::HISTORY_READ.delays();
     loop {
-        match read().await {
+        let error = match read().await {
             Ok(value) => return Ok(value),
-            Err(e) if backoff <= Duration::from_secs(3) => {
-                tracing::warn!(error = %crate::grpc::error_chain(&e), "watch: reading the history; retrying");
+            Err(e) => e,
+        };
+        match delays.next() {
+            Some(delay) => {
+                tracing::warn!(error = %crate::domain::error_chain(&error), "watch: reading the history; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Err(Stop::Shutdown),
                 }
-                backoff *= 2;
             }
-            Err(e) => return Err(Stop::Failed(e)),
+            None => return Err(Stop::Failed(error)),
         }
     }
 }
@@ -162,12 +223,9 @@ async fn send(
     tx: &Tx,
     shutdown: &CancellationToken,
     sequence: u64,
-    kind: Kind,
+    item: WatchItem,
 ) -> Result<(), Stop> {
-    let message = Ok(WatchJobResponse {
-        sequence,
-        kind: Some(kind),
-    });
+    let message = Ok((sequence, item));
     // A client that stops reading must not hold up a shutdown.
     tokio::select! {
         sent = tx.send(message) => sent.map_err(|_| Stop::ClientGone),
@@ -191,7 +249,7 @@ async fn catch_up(
         let done = (events.len() as u64) < CATCH_UP_BATCH;
         for event in &events {
             last = event.seq;
-            send(tx, shutdown, last, Kind::Event(event_to_pb(event))).await?;
+            send(tx, shutdown, last, WatchItem::Event(event.clone())).await?;
         }
         if done {
             return Ok(last);

@@ -1,0 +1,148 @@
+//! SubmitJob: check the caller and the input, keep the secrets, commit the
+//! job, hand it to the dispatch.
+
+use serde_json::{Map, Value};
+
+use super::{AppState, LIVE_WAIT};
+use crate::domain::validate::{self, Submission};
+use crate::domain::{Action, Caller, Error, Job};
+
+/// Fault-injection hook for the crash tests: when ARS_CRASH_AT names this
+/// point, the process aborts there, as a `kill -9` would.
+fn crash_point(name: &str) {
+    // Read once: a submit should not pay for an environment lookup.
+    static CRASH_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = CRASH_AT.get_or_init(|| std::env::var("ARS_CRASH_AT").ok());
+    if at.as_deref() == Some(name) {
+        tracing::error!(point = name, "ARS_CRASH_AT: aborting");
+        std::process::abort();
+    }
+}
+
+/// The job an earlier submission with the same request_id created, if that
+/// submission asked for the same thing (AIP-155); ALREADY_EXISTS otherwise.
+fn same_request(existing: Job, new: &Job) -> Result<Job, Error> {
+    if existing.spec == new.spec
+        && existing.has_secrets == new.has_secrets
+        && existing.queue == new.queue
+    {
+        return Ok(existing);
+    }
+    Err(Error::RequestIdReused(format!(
+        "request_id {:?} was used by an earlier, different request (job {}); send a new request_id for a new request",
+        new.request_id.as_deref().unwrap_or_default(),
+        existing.id
+    )))
+}
+
+impl AppState {
+    /// SubmitJob: the new job, PENDING and dispatched; or, for a request_id
+    /// the caller used before for the same request, the job it created.
+    ///
+    /// Secret vars are kept in the live state before the job is committed:
+    /// when they cannot be, nothing is written and the answer is UNAVAILABLE,
+    /// so a retry (with the same request_id or not) starts afresh.
+    pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<Job, Error> {
+        caller.require(Action::Run)?;
+        let valid = validate::submission(submission, &self.limits)?;
+        caller.require_playbook(&valid.spec.playbook)?;
+        self.catalogue.resolve(&valid.spec.playbook)?;
+        let mut job = Job::new(
+            valid.spec,
+            valid.request_id,
+            caller.name.clone(),
+            super::now(),
+        );
+        job.has_secrets = !valid.secrets.is_empty();
+        job.queue = valid.queue;
+        // A retry of a request already taken gets its job, quota or not.
+        if let Some(request_id) = &job.request_id {
+            let scope = caller.name.as_deref().unwrap_or_default();
+            if let Some(existing) = self.store.find_by_request_id(scope, request_id).await? {
+                return same_request(existing, &job);
+            }
+        }
+        self.check_pending_quota(caller).await?;
+        if job.has_secrets {
+            self.keep_secrets(&job, &valid.secrets).await?;
+        }
+        let inserted = self.store.insert_job(&job).await;
+        let (job, created) = match inserted {
+            Ok((existing, false)) => {
+                // A concurrent submission with this request_id won the race.
+                self.drop_secrets(&job).await;
+                (same_request(existing, &job)?, false)
+            }
+            Ok(inserted) => inserted,
+            Err(e) => {
+                self.drop_secrets(&job).await;
+                return Err(e);
+            }
+        };
+        if created {
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.label(), "job submitted");
+            crash_point("after_commit");
+            crate::metrics::get().jobs_submitted.inc();
+            // The job is committed: from here a failure of the live state only
+            // delays it (the sweeper dispatches pending jobs it does not hold),
+            // so a Redis outage costs a submit at most LIVE_WAIT.
+            let handed = tokio::time::timeout(LIVE_WAIT, self.live.put_and_dispatch(&job)).await;
+            if !matches!(handed, Ok(Ok(()))) {
+                tracing::warn!(job_id = %job.id, "live state unavailable at submit; the sweeper will dispatch the job");
+            }
+        }
+        Ok(job)
+    }
+
+    /// RESOURCE_EXHAUSTED (with a QuotaFailure) when the caller already has
+    /// as many PENDING jobs as one client may; nothing is written then.
+    async fn check_pending_quota(&self, caller: &Caller) -> Result<(), Error> {
+        let cap = self.limits.max_pending_per_client;
+        if cap == 0 {
+            return Ok(());
+        }
+        let pending = self
+            .store
+            .pending_of(caller.name.as_deref(), cap as u64)
+            .await?;
+        if pending < cap as u64 {
+            return Ok(());
+        }
+        Err(Error::QuotaExceeded {
+            subject: format!("client:{}", caller.label()),
+            description: format!("at most {cap} PENDING jobs per client (MAX_PENDING_PER_CLIENT)"),
+            message: format!(
+                "client {} already has {cap} jobs waiting to run, the most allowed; submit again once some have started",
+                caller.label()
+            ),
+        })
+    }
+
+    /// Hands a new job's secrets to the live state, before the job exists:
+    /// UNAVAILABLE when it cannot, with nothing written.
+    async fn keep_secrets(&self, job: &Job, secrets: &Map<String, Value>) -> Result<(), Error> {
+        match tokio::time::timeout(LIVE_WAIT, self.live.put_secrets(job.id, secrets)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Unavailable {
+                what: "the live state",
+                source: format!("keeping the secret vars: {e}").into(),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                what: "the live state",
+                source: "keeping the secret vars timed out".into(),
+            }),
+        }
+    }
+
+    /// Forgets secrets kept for a job that was not created (they would
+    /// otherwise expire with the live state's TTL).
+    async fn drop_secrets(&self, job: &Job) {
+        if job.has_secrets {
+            if let Ok(Err(e)) =
+                tokio::time::timeout(LIVE_WAIT, self.live.take_secrets(job.id)).await
+            {
+                tracing::debug!(job_id = %job.id, error = %e, "dropping the secrets of a job not created");
+            }
+        }
+    }
+}
