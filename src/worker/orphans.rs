@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::domain::JobStatus;
 use crate::live::announce;
 
-use super::processes::kill_job_processes;
+use super::processes::kill_what_is_left;
 use super::Worker;
 
 impl Worker {
@@ -24,10 +24,7 @@ impl Worker {
             if run.worker_id == self.id || worker_alive(&run.worker_id) {
                 continue;
             }
-            let job_id = run.id.to_string();
-            let killed = tokio::task::spawn_blocking(move || kill_job_processes(&job_id))
-                .await
-                .unwrap_or(0);
+            let killed = kill_what_is_left(run.id).await;
             if killed > 0 {
                 tracing::warn!(job_id = %run.id, killed, worker = %run.worker_id, "killed a run left by a dead worker");
             }

@@ -53,3 +53,13 @@ pub fn kill_job_processes(job_id: &str) -> usize {
     }
     killed
 }
+
+/// Kills what is left of a run: every process that carries its job id, off
+/// the async threads (it reads /proc and sleeps between rounds). Returns how
+/// many were signalled.
+pub async fn kill_what_is_left(job_id: uuid::Uuid) -> usize {
+    let job = job_id.to_string();
+    tokio::task::spawn_blocking(move || kill_job_processes(&job))
+        .await
+        .unwrap_or(0)
+}

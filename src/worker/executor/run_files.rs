@@ -1,0 +1,144 @@
+//! The run's private folder: the callback plugin, Ansible's temporary folder,
+//! the inventory and the extra vars (written as data, never templates,
+//! readable by the service's user only), the environment every run gets, and
+//! ansible-playbook's argument vector.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::domain::{Inventory, JobSpec};
+use crate::worker::unsafe_yaml::to_unsafe_yaml;
+
+/// The callback plugin, shipped inside the binary and written next to each run.
+pub(super) const CALLBACK_PLUGIN: &str =
+    include_str!("../../../ansible/callback_plugins/ars_events.py");
+/// The file descriptor the child writes events to.
+pub(super) const EVENTS_FD: i32 = 3;
+
+/// The environment every run gets on top of the worker's: the callback
+/// plugin as stdout callback, writing events to EVENTS_FD, no colours, no
+/// retry files.
+pub(super) fn run_environment(plugins: &Path, local_tmp: &Path) -> Vec<(String, String)> {
+    [
+        ("ANSIBLE_CALLBACK_PLUGINS", plugins.display().to_string()),
+        ("ANSIBLE_STDOUT_CALLBACK", "ars_events".into()),
+        ("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1".into()),
+        ("ARS_EVENTS_FD", EVENTS_FD.to_string()),
+        ("ANSIBLE_LOCAL_TEMP", local_tmp.display().to_string()),
+        ("ANSIBLE_RETRY_FILES_ENABLED", "False".into()),
+        ("ANSIBLE_NOCOLOR", "True".into()),
+        ("ANSIBLE_FORCE_COLOR", "False".into()),
+        ("PYTHONUNBUFFERED", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn local_connection() -> Value {
+    json!({
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+    })
+}
+
+/// Writes the run's files and returns ansible-playbook's arguments.
+pub(super) fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<String>> {
+    let plugins = dir.join("callback_plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(plugins.join("ars_events.py"), CALLBACK_PLUGIN)?;
+
+    let inventory = match &spec.inventory {
+        Inventory::Localhost => json!({"all": {"hosts": {"localhost": local_connection()}}}),
+        Inventory::Hosts(hosts) => {
+            // Named in a list, localhost keeps the local connection Ansible
+            // gives its implicit localhost, instead of SSH to itself.
+            let hosts: Map<String, Value> = hosts
+                .iter()
+                .map(|h| {
+                    let vars = match h.as_str() {
+                        "localhost" | "127.0.0.1" => local_connection(),
+                        _ => Value::Null,
+                    };
+                    (h.clone(), vars)
+                })
+                .collect();
+            json!({"all": {"hosts": hosts}})
+        }
+        // The caller's inventory is data: its values are never templated.
+        Inventory::Inline(doc) => {
+            return write_files(dir, &to_unsafe_yaml(&Value::Object(doc.clone())), spec)
+                .map(|paths| arguments(paths, playbook, spec));
+        }
+    };
+    // Our own inventory (validated host names, our variables) is plain JSON,
+    // which is YAML too.
+    write_files(dir, &inventory.to_string(), spec).map(|paths| arguments(paths, playbook, spec))
+}
+
+/// Writes the inventory and the extra vars (marked unsafe: data, never
+/// templates), readable by the service's user only.
+fn write_files(dir: &Path, inventory: &str, spec: &JobSpec) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |path: &Path, text: &str| -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(text.as_bytes())
+    };
+    let inventory_path = dir.join("inventory.yml");
+    write(&inventory_path, inventory)?;
+    let vars_path = dir.join("extra_vars.yml");
+    write(
+        &vars_path,
+        &to_unsafe_yaml(&Value::Object(spec.extra_vars.clone())),
+    )?;
+    Ok((inventory_path, vars_path))
+}
+
+/// ansible-playbook's argument vector: options, then `--`, then the playbook.
+fn arguments(
+    (inventory_path, vars_path): (PathBuf, PathBuf),
+    playbook: &Path,
+    spec: &JobSpec,
+) -> Vec<String> {
+    let mut args = vec![
+        "-i".to_owned(),
+        inventory_path.display().to_string(),
+        "-e".to_owned(),
+        format!("@{}", vars_path.display()),
+    ];
+    let options = &spec.options;
+    if options.check {
+        args.push("--check".into());
+    }
+    if options.diff {
+        args.push("--diff".into());
+    }
+    if !options.tags.is_empty() {
+        args.push(format!("--tags={}", options.tags.join(",")));
+    }
+    if !options.skip_tags.is_empty() {
+        args.push(format!("--skip-tags={}", options.skip_tags.join(",")));
+    }
+    if !options.limit.is_empty() {
+        args.push(format!("--limit={}", options.limit));
+    }
+    if options.forks > 0 {
+        args.push(format!("--forks={}", options.forks));
+    }
+    if options.verbosity > 0 {
+        args.push(format!(
+            "-{}",
+            "v".repeat(options.verbosity.min(4) as usize)
+        ));
+    }
+    args.push("--".into());
+    args.push(playbook.display().to_string());
+    args
+}
