@@ -1,3 +1,5 @@
+//! The `ansible-runner-service` binary: reads the command line and runs the command.
+
 use std::process::ExitCode;
 
 use ansible_runner_service::app::{self, AppState};

@@ -1,3 +1,5 @@
+//! The first schema: jobs, their events and their stdout.
+
 use sea_orm_migration::prelude::*;
 
 use crate::guarded::Guarded;

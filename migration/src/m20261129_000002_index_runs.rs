@@ -1,3 +1,5 @@
+//! An index of runs by host and process group, for a restarted worker.
+
 use sea_orm_migration::prelude::*;
 
 use crate::guarded::Guarded;

@@ -1,3 +1,5 @@
+//! A job's last stored event sequence, the fence for event batches.
+
 use sea_orm_migration::prelude::*;
 
 use crate::guarded::Guarded;

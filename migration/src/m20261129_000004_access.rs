@@ -1,3 +1,5 @@
+//! Who submitted each job, whether it has secret vars, and the service's own secrets.
+
 use sea_orm_migration::prelude::*;
 
 use crate::guarded::Guarded;

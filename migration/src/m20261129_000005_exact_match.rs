@@ -1,3 +1,5 @@
+//! Byte-for-byte comparison of request_id, playbook and submitted_by on MariaDB.
+
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 

@@ -1,3 +1,5 @@
+//! request_id unique per client, pending jobs counted per client, canceled_by.
+
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 

@@ -1,3 +1,5 @@
+//! The queue (worker group) of each job, and its index.
+
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 

@@ -1,3 +1,5 @@
+//! Everything that can go wrong, by what the caller can do about it.
+
 use std::fmt;
 
 /// A problem with one field of a request, reported back to the caller.

@@ -1,3 +1,5 @@
+//! What a job is: its spec, status, result, events and error reasons.
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;

@@ -1,3 +1,5 @@
+//! This process's side of the fan-out: a broadcast channel per watched job.
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -1,3 +1,5 @@
+//! The in-process live state of the embedded default (one process only).
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;

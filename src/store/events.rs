@@ -1,3 +1,5 @@
+//! A run's events in the history: stored in fenced batches, read back in order.
+
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,

@@ -1,3 +1,5 @@
+//! The `job_events` table.
+
 use sea_orm::entity::prelude::*;
 
 /// One row per event of a run, keyed by (job_id, seq).

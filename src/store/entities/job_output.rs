@@ -1,3 +1,5 @@
+//! The `job_output` table.
+
 use sea_orm::entity::prelude::*;
 
 /// A finished run's stdout, in chunks of at most `OUTPUT_CHUNK` bytes.

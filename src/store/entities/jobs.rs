@@ -1,3 +1,5 @@
+//! The `jobs` table.
+
 use sea_orm::entity::prelude::*;
 
 /// One row per job. Times are microseconds since the Unix epoch (UTC).

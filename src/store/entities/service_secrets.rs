@@ -1,3 +1,5 @@
+//! The `service_secrets` table.
+
 use sea_orm::entity::prelude::*;
 
 /// Secrets the service makes for itself and shares through the history
