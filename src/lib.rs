@@ -2,25 +2,27 @@
 //! on request, streams their events live and keeps their history.
 //!
 //! The layers, bottom up; each uses only those listed before it:
-//! 1. [`defaults`], [`settings`]: every default, and what a process is told;
+//! 1. [`defaults`]: every default, in one place;
 //! 2. [`domain`]: jobs, their transitions, callers and their rights, input
 //!    rules; pure (no I/O);
-//! 3. [`store`] (the history: SeaORM on MariaDB or SQLite), [`live`] (live
-//!    state, dispatch and fan-out: Redis via fred, or in-process),
-//!    [`catalogue`] (the playbooks that may be run), [`metrics`], [`retry`],
-//!    [`startup`] (waiting for dependencies at start);
-//! 4. [`app`]: the use-cases (submit, get, list, watch, cancel, prune), one
+//! 3. [`settings`]: what a process is told to do;
+//! 4. [`retry`], [`metrics`], [`startup`] (waiting for dependencies at
+//!    start), then [`store`] (the history: SeaORM on MariaDB or SQLite),
+//!    [`live`] (live state, dispatch and fan-out: Redis via fred, or
+//!    in-process) and [`catalogue`] (the playbooks that may be run);
+//! 5. [`app`]: the use-cases (submit, get, list, watch, cancel, prune), one
 //!    function each, whoever calls them;
-//! 5. [`worker`]: claiming jobs, leases, running playbooks, the sweeper;
-//! 6. [`grpc`]: the JobService handlers (recognise the caller, convert, call
-//!    the use-case), authentication;
-//! 7. [`server`]: assembling a process (API, workers, sweeper, shutdown);
-//! 8. [`cli`], [`config`]: the command line, read by `main`.
+//! 6. [`worker`]: claiming jobs, leases, running playbooks, the sweeper;
+//! 7. [`pb`] and [`grpc`]: the API's messages, and the JobService handlers
+//!    (recognise the caller, convert, call the use-case);
+//! 8. [`server`]: assembling a process (API, workers, sweeper, shutdown);
+//! 9. [`cli`], [`config`]: the command line, read by `main`.
 
 pub mod defaults;
-pub mod settings;
 
 pub mod domain;
+
+pub mod settings;
 
 pub mod catalogue;
 pub mod live;
