@@ -4,6 +4,7 @@ use ansible_runner_service::app::{self, AppState};
 use ansible_runner_service::cli::keys;
 use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
+use ansible_runner_service::startup::redact;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> Result<(), Error> {
+    check_flags(&command)?;
     match command {
         Command::Migrate(args) => {
             let store = app::connect_store(&args.database_url, args.connect_timeout()).await?;
@@ -194,6 +196,55 @@ async fn health(addr: &str, tls: &ansible_runner_service::cli::TlsClientArgs) ->
             answer.status
         )))
     }
+}
+
+/// Mistakes in a server command's flags that no retry can mend, each said
+/// with its flag before anything starts: a history URL of no known kind (it
+/// would be retried as unreachable for CONNECT_TIMEOUT_SECONDS), a Redis URL
+/// that does not parse, an ansible-playbook that is not there.
+fn check_flags(command: &Command) -> Result<(), Error> {
+    let (database_url, redis_url, ansible_playbook) = match command {
+        Command::Serve(args) => (
+            &args.run.store.database_url,
+            args.run.redis_url.as_deref(),
+            (args.run.workers != Some(0)).then_some(&args.run.ansible_playbook),
+        ),
+        Command::Worker(args) => (
+            &args.run.store.database_url,
+            args.run.redis_url.as_deref(),
+            Some(&args.run.ansible_playbook),
+        ),
+        Command::Prune(args) => (&args.store.database_url, args.redis_url.as_deref(), None),
+        Command::Migrate(store) => (&store.database_url, None, None),
+        Command::Health(_) | Command::Keys(_) | Command::Client(_) => return Ok(()),
+    };
+    if !(database_url.starts_with("mysql://") || database_url.starts_with("sqlite:")) {
+        return Err(Error::Config(format!(
+            "--database-url (DATABASE_URL) {:?} is not a history URL; use \
+             mysql://USER:PASSWORD@HOST:3306/DATABASE or sqlite://PATH",
+            redact(database_url)
+        )));
+    }
+    if let Some(url) = redis_url.filter(|u| !u.is_empty()) {
+        fred::prelude::Config::from_url(url).map_err(|e| {
+            Error::Config(format!(
+                "--redis-url (REDIS_URL) {:?} is not a Redis URL ({}); use \
+                 redis://[:PASSWORD@]HOST:6379 (rediss:// for TLS)",
+                redact(url),
+                e.details()
+            ))
+        })?;
+    }
+    if let Some(program) = ansible_playbook {
+        app::find_ansible_playbook(program).map_err(|_| {
+            Error::Config(format!(
+                "--ansible-playbook (ANSIBLE_PLAYBOOK) {} was not found; install ansible-core \
+                 (pip install ansible-core) or point the flag at ansible-playbook",
+                program.display()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// A token cancelled on SIGTERM or SIGINT.

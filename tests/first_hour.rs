@@ -109,24 +109,29 @@ async fn the_client_and_health_talk_tls_and_mutual_tls() {
     server.stop().await;
 }
 
-/// `serve` with these arguments on the history at `database_url`; its
-/// output when it exits (it should, at once).
+/// `serve` with these arguments (an API server on a free port unless they
+/// say otherwise) on the history at `database_url`; its output when it
+/// exits, as it should at once.
 fn serve_fails(database_url: &str, args: &[&str]) -> Output {
     let mut child = binary()
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "0"])
         .args(args)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("WORKER_CONCURRENCY", "0")
         .env("DATABASE_URL", database_url)
         .env("PLAYBOOKS_DIR", repo_path("playbooks"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Well under CONNECT_TIMEOUT_SECONDS (60): a mistake that is retried as
+    // if a server were down does not exit in time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("serve {args:?} did not exit");
+            let out = child.wait_with_output().unwrap();
+            panic!("serve {args:?} did not exit: {}", text(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -140,38 +145,111 @@ async fn startup_mistakes_name_their_flag_before_anything_is_announced() {
     let file = dir.path().join("not-a-folder.yml");
     std::fs::write(&file, "- hosts: all\n").unwrap();
     let file = file.display().to_string();
-    let out = tokio::task::spawn_blocking({
-        let url = history.settings.database_url.clone();
-        move || {
-            [
-                serve_fails(&url, &["--playbooks-dir", &file]),
-                serve_fails(
-                    &url,
-                    &[
-                        "--tls-cert",
-                        "/nonexistent/cert.pem",
-                        "--tls-key",
-                        "/nonexistent/key.pem",
-                    ],
-                ),
-                serve_fails(&url, &["--api-keys-file", "/nonexistent/keys"]),
-            ]
-        }
-    })
-    .await
-    .unwrap();
-    let expectations = [
-        ("--playbooks-dir", "is not a folder"),
-        ("--tls-cert", "/nonexistent/cert.pem"),
-        ("--api-keys-file", "keys create"),
+    // A port someone else listens on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    // (arguments, exit code, what the one line must say)
+    let cases: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
+        (
+            vec!["--playbooks-dir", &file],
+            1,
+            vec!["--playbooks-dir", "PLAYBOOKS_DIR", "is not a folder"],
+        ),
+        (
+            vec!["--playbooks-dir", "/nonexistent/playbooks"],
+            1,
+            vec![
+                "--playbooks-dir",
+                "/nonexistent/playbooks",
+                "point it at the folder",
+            ],
+        ),
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            1,
+            vec!["--tls-cert", "TLS_CERT", "/nonexistent/cert.pem"],
+        ),
+        (
+            vec!["--api-keys-file", "/nonexistent/keys"],
+            1,
+            vec!["--api-keys-file", "/nonexistent/keys", "keys create"],
+        ),
+        (
+            vec!["--listen", &taken],
+            1,
+            vec!["--listen", "LISTEN_ADDR", &taken, "choose a free address"],
+        ),
+        (
+            vec!["--metrics-listen", &taken],
+            1,
+            vec![
+                "--metrics-listen",
+                "METRICS_LISTEN",
+                &taken,
+                "choose a free address",
+            ],
+        ),
+        (
+            vec!["--metrics-listen", "localhost"],
+            2,
+            vec!["--metrics-listen", "localhost"],
+        ),
+        (
+            vec!["--database-url", "mariadb:/127.0.0.1/db"],
+            1,
+            vec![
+                "--database-url",
+                "DATABASE_URL",
+                "mariadb:/127.0.0.1/db",
+                "mysql://",
+            ],
+        ),
+        (
+            vec!["--database-url", "http://runner:s3cret@127.0.0.1/db"],
+            1,
+            vec!["--database-url", "http://runner:***@127.0.0.1/db"],
+        ),
+        (
+            vec!["--redis-url", "127.0.0.1:6379"],
+            1,
+            vec!["--redis-url", "REDIS_URL", "127.0.0.1:6379", "redis://"],
+        ),
+        (
+            vec![
+                "--workers",
+                "1",
+                "--ansible-playbook",
+                "/nonexistent/ansible-playbook",
+            ],
+            1,
+            vec![
+                "--ansible-playbook",
+                "ANSIBLE_PLAYBOOK",
+                "/nonexistent/ansible-playbook",
+                "ansible-core",
+            ],
+        ),
     ];
-    for (out, (flag, words)) in out.iter().zip(expectations) {
+    let url = &history.settings.database_url;
+    let out: Vec<Output> = tokio::task::block_in_place(|| {
+        cases
+            .iter()
+            .map(|(args, ..)| serve_fails(url, args))
+            .collect()
+    });
+    for (out, (args, code, words)) in out.iter().zip(cases) {
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(flag) && stderr.contains(words),
-            "{flag}: {stderr}"
-        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        for word in words {
+            assert!(stderr.contains(word), "{args:?}: no {word:?} in {stderr}");
+        }
+        assert!(!stderr.contains("internal error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "no password shown: {stderr}");
         assert!(
             !stderr.contains("serving"),
             "nothing announced before the check: {stderr}"
