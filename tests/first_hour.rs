@@ -353,6 +353,100 @@ async fn ctrl_c_during_run_cancels_the_job_and_shows_its_end() {
     server.stop().await;
 }
 
+/// What the binary wrote to a pseudo-terminal, run with `args` and `env`.
+/// Python's pty (Python is there wherever Ansible is) stands in for a
+/// person's terminal.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))",
+            env!("CARGO_BIN_EXE_ansible-runner-service"),
+        ])
+        .args(args)
+        .env_remove("ARS_TOKEN")
+        .env_remove("ARS_SERVER")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 on PATH");
+    (out.status.code(), text(&out.stdout))
+}
+
+/// Colour (the client's tables, the server's log levels) only on a terminal,
+/// never under NO_COLOR, never into a pipe; `--color always` still colours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_on_a_terminal_and_never_under_no_color() {
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    wait_terminal(&mut client, &job.job_id).await;
+    let addr = server.addr.to_string();
+    let list = ["list", "--server", &addr];
+    let green = "\x1b[32mSUCCESSFUL\x1b[0m";
+
+    let (code, terminal) = on_a_terminal(&list, &[]);
+    assert_eq!(code, Some(0), "{terminal}");
+    assert!(
+        terminal.contains(green),
+        "coloured on a terminal: {terminal:?}"
+    );
+    let (_, empty_no_color) = on_a_terminal(&list, &[("NO_COLOR", "")]);
+    assert!(
+        empty_no_color.contains(green),
+        "an empty NO_COLOR does not count: {empty_no_color:?}"
+    );
+    let (code, no_color) = on_a_terminal(&list, &[("NO_COLOR", "1")]);
+    assert_eq!(code, Some(0), "{no_color}");
+    assert!(
+        no_color.contains(&job.job_id) && !no_color.contains('\x1b'),
+        "NO_COLOR: {no_color:?}"
+    );
+    let piped = cli(&addr, &["list"]);
+    assert!(text(&piped.stdout).contains(&job.job_id));
+    assert!(!text(&piped.stdout).contains('\x1b'), "no colour in a pipe");
+    let always = cli(&addr, &["list", "--color", "always"]);
+    assert!(
+        text(&always.stdout).contains(green),
+        "--color always colours a pipe too"
+    );
+
+    // The server's log: a warning and an error, at once.
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}/h.db", dir.path().display());
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+        "--playbooks-dir",
+        "/nonexistent/playbooks",
+        "--database-url",
+        &database_url,
+    ];
+    let (code, terminal) = on_a_terminal(&serve, &[]);
+    assert_eq!(code, Some(1), "{terminal}");
+    assert!(
+        terminal.contains("WARN") && terminal.contains("\x1b[33m"),
+        "levels coloured on a terminal: {terminal:?}"
+    );
+    let (_, no_color) = on_a_terminal(&serve, &[("NO_COLOR", "1")]);
+    assert!(
+        no_color.contains("WARN") && !no_color.contains('\x1b'),
+        "NO_COLOR: {no_color:?}"
+    );
+    let piped = binary().args(serve).output().unwrap();
+    let piped = text(&piped.stderr);
+    assert!(
+        piped.contains("WARN") && !piped.contains('\x1b'),
+        "no colour in a pipe: {piped:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_json_and_inputs_are_complete() {
     let history = History::new(Backend::Embedded).await;
