@@ -353,6 +353,162 @@ async fn ctrl_c_during_run_cancels_the_job_and_shows_its_end() {
     server.stop().await;
 }
 
+/// The lines a child process writes to stderr, as they come.
+struct StderrLines {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl StderrLines {
+    fn of(child: &mut std::process::Child) -> StderrLines {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        StderrLines {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line that contains `words`, waiting up to `limit`.
+    async fn wait_for(&mut self, words: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if line.contains(words) {
+                        return line;
+                    }
+                }
+                other => panic!(
+                    "no line with {words:?} ({}): {}",
+                    if other.is_ok() {
+                        "it ended"
+                    } else {
+                        "timed out"
+                    },
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything it wrote, once it closed stderr.
+    async fn all(mut self) -> String {
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+/// Waits up to `limit` for the child to exit; its exit code.
+async fn exit_code_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the client did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// A second Ctrl-C while the cancel waits for the run to stop (its task
+/// ignores SIGTERM, so it gets the whole kill grace) leaves the job to the
+/// server: exit 130, saying the job and how to follow or cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_while_the_cancel_is_pending_detaches() {
+    use ansible_runner_service::pb::JobStatus;
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.playbooks_dir = repo_path("tests/playbooks");
+    history.settings.kill_grace = Duration::from_secs(15);
+    let server = TestServer::start(&history.settings).await;
+    let mut child = binary()
+        .args(["run", "--server", &server.addr.to_string(), "stubborn.yml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = StderrLines::of(&mut child);
+    let first = stderr.wait_for("job ", Duration::from_secs(30)).await;
+    let job_id = first.strip_prefix("job ").unwrap().to_owned();
+    // The task's shell runs, ignoring SIGTERM.
+    eventually(Duration::from_secs(60), "the stubborn task to run", || {
+        let running = job_processes(&job_id)
+            .into_iter()
+            .any(|pid| command_line(pid).contains("sleep 300"));
+        async move { running.then_some(()) }
+    })
+    .await;
+
+    sigint(&child);
+    stderr
+        .wait_for(&format!("canceling job {job_id}"), Duration::from_secs(10))
+        .await;
+    let store = history.store().await;
+    eventually(
+        Duration::from_secs(10),
+        "the cancel request to be recorded",
+        || {
+            use ansible_runner_service::store::entities::jobs;
+            use sea_orm::EntityTrait;
+            let store = store.clone();
+            let id = job_id.clone();
+            async move {
+                let row = jobs::Entity::find_by_id(id)
+                    .one(store.connection())
+                    .await
+                    .unwrap()?;
+                row.cancel_requested.then_some(())
+            }
+        },
+    )
+    .await;
+
+    sigint(&child);
+    let code = exit_code_within(&mut child, Duration::from_secs(10)).await;
+    let said = stderr.all().await;
+    assert_eq!(code, Some(130), "128 + SIGINT: {said}");
+    assert!(
+        said.contains(&format!("stopped following job {job_id}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("ansible-runner-service watch {job_id}"))
+            && said.contains(&format!("ansible-runner-service cancel {job_id}")),
+        "how to follow or cancel it: {said}"
+    );
+    let mut client = server.client.clone();
+    assert_eq!(
+        status(&get(&mut client, &job_id).await),
+        JobStatus::Running,
+        "the client left while the cancel was still pending"
+    );
+    // The server carries the cancel through without the client.
+    let done = wait_terminal(&mut client, &job_id).await;
+    assert_eq!(status(&done), JobStatus::Canceled);
+    no_process_left(&job_id).await;
+    server.stop().await;
+}
+
 /// What the binary wrote to a pseudo-terminal, run with `args` and `env`.
 /// Python's pty (Python is there wherever Ansible is) stands in for a
 /// person's terminal.
