@@ -603,6 +603,73 @@ async fn colour_only_on_a_terminal_and_never_under_no_color() {
     server.stop().await;
 }
 
+/// `list --submitted-by NAME` shows only that client's jobs, to any client
+/// that may read them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_submitted_by_shows_only_that_clients_jobs() {
+    use ansible_runner_service::domain::Scopes;
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let (deploy_key, deploy) =
+        ansible_runner_service::grpc::auth::new_key("deploy-bot", Scopes::full()).unwrap();
+    let (ci_key, ci) = ansible_runner_service::grpc::auth::new_key("ci", Scopes::full()).unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("{}\n{}\n", deploy.line(), ci.line())).unwrap();
+    history.settings.api_keys_file = Some(keys);
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let mut deploys = Vec::new();
+    for _ in 0..2 {
+        deploys.push(
+            submit_as(&mut client, request("hello.yml"), &deploy_key)
+                .await
+                .job_id,
+        );
+    }
+    let by_ci = submit_as(&mut client, request("hello.yml"), &ci_key)
+        .await
+        .job_id;
+
+    let addr = server.addr.to_string();
+    let (filtered, everything, table) = tokio::task::spawn_blocking({
+        let ci_key = ci_key.clone();
+        move || {
+            let as_ci = |args: &[&str]| {
+                let mut args = args.to_vec();
+                args.extend(["--token", &ci_key]);
+                cli(&addr, &args)
+            };
+            (
+                as_ci(&["list", "--submitted-by", "deploy-bot", "--json"]),
+                as_ci(&["list", "--json"]),
+                as_ci(&["list", "--submitted-by", "ci"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let ids = |out: &Output| -> Vec<String> {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut ids: Vec<String> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    deploys.sort();
+    assert_eq!(ids(&filtered), deploys, "deploy-bot's jobs only");
+    assert_eq!(ids(&everything).len(), 3, "the filter is what narrows it");
+    let table = text(&table.stdout);
+    assert!(table.contains(&by_ci), "{table}");
+    assert!(deploys.iter().all(|id| !table.contains(id)), "{table}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_json_and_inputs_are_complete() {
     let history = History::new(Backend::Embedded).await;
