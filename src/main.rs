@@ -7,6 +7,7 @@ use ansible_runner_service::cli::keys;
 use ansible_runner_service::config::{Cli, Command, KeysCommand, LogFormat};
 use ansible_runner_service::domain::Error;
 use ansible_runner_service::server;
+use ansible_runner_service::startup::redact;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -40,6 +41,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> Result<(), Error> {
+    check_flags(&command)?;
     match command {
         Command::Migrate(args) => {
             let store = app::connect_store(&args.database_url, args.connect_timeout()).await?;
@@ -200,6 +202,49 @@ async fn health(addr: &str, tls: &ansible_runner_service::cli::TlsClientArgs) ->
     }
 }
 
+/// Mistakes in a server command's flags that no retry can mend, each said
+/// with its flag before anything starts: a history URL of no known kind (it
+/// would be retried as unreachable for CONNECT_TIMEOUT_SECONDS), a Redis URL
+/// that does not parse, an ansible-playbook that is not there.
+fn check_flags(command: &Command) -> Result<(), Error> {
+    let (database_url, redis_url, ansible_playbook) = match command {
+        Command::Serve(args) => (
+            &args.run.store.database_url,
+            args.run.redis_url.as_deref(),
+            (args.run.workers != Some(0)).then_some(&args.run.ansible_playbook),
+        ),
+        Command::Worker(args) => (
+            &args.run.store.database_url,
+            args.run.redis_url.as_deref(),
+            Some(&args.run.ansible_playbook),
+        ),
+        Command::Prune(args) => (&args.store.database_url, args.redis_url.as_deref(), None),
+        Command::Migrate(store) => (&store.database_url, None, None),
+        Command::Health(_) | Command::Keys(_) | Command::Client(_) => return Ok(()),
+    };
+    if !(database_url.starts_with("mysql://") || database_url.starts_with("sqlite:")) {
+        return Err(Error::Config(format!(
+            "--database-url (DATABASE_URL) {:?} is not a history URL; use \
+             mysql://USER:PASSWORD@HOST:3306/DATABASE or sqlite://PATH",
+            redact(database_url)
+        )));
+    }
+    if let Some(url) = redis_url.filter(|u| !u.is_empty()) {
+        fred::prelude::Config::from_url(url).map_err(|e| {
+            Error::Config(format!(
+                "--redis-url (REDIS_URL) {:?} is not a Redis URL ({}); use \
+                 redis://[:PASSWORD@]HOST:6379 (rediss:// for TLS)",
+                redact(url),
+                e.details()
+            ))
+        })?;
+    }
+    if let Some(program) = ansible_playbook {
+        server::find_ansible_playbook(program)?;
+    }
+    Ok(())
+}
+
 /// A token cancelled on SIGTERM or SIGINT.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -224,9 +269,9 @@ fn shutdown_on_signal() -> CancellationToken {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a person at a terminal, and never under NO_COLOR.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let ansi = ansible_runner_service::cli::colour_by_default(std::io::IsTerminal::is_terminal(
+        &std::io::stderr(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

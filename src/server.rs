@@ -108,13 +108,11 @@ fn incoming(
 /// Finds ansible-playbook (a path, or a name looked up on PATH).
 pub fn find_ansible_playbook(program: &std::path::Path) -> Result<PathBuf, Error> {
     let missing = || {
-        Error::internal(
-            "find ansible-playbook",
-            format!(
-                "{} was not found; install ansible-core (pip install ansible-core) or set ANSIBLE_PLAYBOOK",
-                program.display()
-            ),
-        )
+        Error::Config(format!(
+            "--ansible-playbook (ANSIBLE_PLAYBOOK) {} was not found; install ansible-core \
+             (pip install ansible-core) or point the flag at ansible-playbook",
+            program.display()
+        ))
     };
     if program.components().count() > 1 {
         return program
@@ -214,7 +212,10 @@ pub async fn serve_when_connected(
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls_config(tls)?).map_err(|e| {
-            Error::Config(format!("TLS (--tls-cert, --tls-key, --tls-client-ca): {e}"))
+            Error::Config(format!(
+                "TLS (--tls-cert, --tls-key, --tls-client-ca): {}; give PEM files",
+                crate::domain::error_chain(&e)
+            ))
         })?;
     }
     let access = access(settings, &shutdown)?;

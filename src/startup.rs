@@ -34,14 +34,12 @@ where
         let cause = crate::domain::error_chain(&error);
         let delay = delays.next().unwrap_or(crate::retry::STARTUP.max);
         if tokio::time::Instant::now() + delay > deadline {
-            return Err(Error::internal(
-                format!(
-                    "connect to {what} at {address}: still unreachable after {} s \
-                     (CONNECT_TIMEOUT_SECONDS)",
-                    timeout.as_secs()
-                ),
-                error,
-            ));
+            return Err(Error::Config(format!(
+                "{what} at {address} is still unreachable after {} s \
+                 (--connect-timeout-seconds, CONNECT_TIMEOUT_SECONDS): {cause}; \
+                 check that it runs and that the address is right",
+                timeout.as_secs()
+            )));
         }
         tracing::warn!(
             address,

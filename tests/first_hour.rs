@@ -109,24 +109,29 @@ async fn the_client_and_health_talk_tls_and_mutual_tls() {
     server.stop().await;
 }
 
-/// `serve` with these arguments on the history at `database_url`; its
-/// output when it exits (it should, at once).
+/// `serve` with these arguments (an API server on a free port unless they
+/// say otherwise) on the history at `database_url`; its output when it
+/// exits, as it should at once.
 fn serve_fails(database_url: &str, args: &[&str]) -> Output {
     let mut child = binary()
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "0"])
         .args(args)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("WORKER_CONCURRENCY", "0")
         .env("DATABASE_URL", database_url)
         .env("PLAYBOOKS_DIR", repo_path("playbooks"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Well under CONNECT_TIMEOUT_SECONDS (60): a mistake that is retried as
+    // if a server were down does not exit in time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("serve {args:?} did not exit");
+            let out = child.wait_with_output().unwrap();
+            panic!("serve {args:?} did not exit: {}", text(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -140,38 +145,111 @@ async fn startup_mistakes_name_their_flag_before_anything_is_announced() {
     let file = dir.path().join("not-a-folder.yml");
     std::fs::write(&file, "- hosts: all\n").unwrap();
     let file = file.display().to_string();
-    let out = tokio::task::spawn_blocking({
-        let url = history.settings.database_url.clone();
-        move || {
-            [
-                serve_fails(&url, &["--playbooks-dir", &file]),
-                serve_fails(
-                    &url,
-                    &[
-                        "--tls-cert",
-                        "/nonexistent/cert.pem",
-                        "--tls-key",
-                        "/nonexistent/key.pem",
-                    ],
-                ),
-                serve_fails(&url, &["--api-keys-file", "/nonexistent/keys"]),
-            ]
-        }
-    })
-    .await
-    .unwrap();
-    let expectations = [
-        ("--playbooks-dir", "is not a folder"),
-        ("--tls-cert", "/nonexistent/cert.pem"),
-        ("--api-keys-file", "keys create"),
+    // A port someone else listens on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    // (arguments, exit code, what the one line must say)
+    let cases: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
+        (
+            vec!["--playbooks-dir", &file],
+            1,
+            vec!["--playbooks-dir", "PLAYBOOKS_DIR", "is not a folder"],
+        ),
+        (
+            vec!["--playbooks-dir", "/nonexistent/playbooks"],
+            1,
+            vec![
+                "--playbooks-dir",
+                "/nonexistent/playbooks",
+                "point it at the folder",
+            ],
+        ),
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            1,
+            vec!["--tls-cert", "TLS_CERT", "/nonexistent/cert.pem"],
+        ),
+        (
+            vec!["--api-keys-file", "/nonexistent/keys"],
+            1,
+            vec!["--api-keys-file", "/nonexistent/keys", "keys create"],
+        ),
+        (
+            vec!["--listen", &taken],
+            1,
+            vec!["--listen", "LISTEN_ADDR", &taken, "choose a free address"],
+        ),
+        (
+            vec!["--metrics-listen", &taken],
+            1,
+            vec![
+                "--metrics-listen",
+                "METRICS_LISTEN",
+                &taken,
+                "choose a free address",
+            ],
+        ),
+        (
+            vec!["--metrics-listen", "localhost"],
+            2,
+            vec!["--metrics-listen", "localhost"],
+        ),
+        (
+            vec!["--database-url", "mariadb:/127.0.0.1/db"],
+            1,
+            vec![
+                "--database-url",
+                "DATABASE_URL",
+                "mariadb:/127.0.0.1/db",
+                "mysql://",
+            ],
+        ),
+        (
+            vec!["--database-url", "http://runner:s3cret@127.0.0.1/db"],
+            1,
+            vec!["--database-url", "http://runner:***@127.0.0.1/db"],
+        ),
+        (
+            vec!["--redis-url", "127.0.0.1:6379"],
+            1,
+            vec!["--redis-url", "REDIS_URL", "127.0.0.1:6379", "redis://"],
+        ),
+        (
+            vec![
+                "--workers",
+                "1",
+                "--ansible-playbook",
+                "/nonexistent/ansible-playbook",
+            ],
+            1,
+            vec![
+                "--ansible-playbook",
+                "ANSIBLE_PLAYBOOK",
+                "/nonexistent/ansible-playbook",
+                "ansible-core",
+            ],
+        ),
     ];
-    for (out, (flag, words)) in out.iter().zip(expectations) {
+    let url = &history.settings.database_url;
+    let out: Vec<Output> = tokio::task::block_in_place(|| {
+        cases
+            .iter()
+            .map(|(args, ..)| serve_fails(url, args))
+            .collect()
+    });
+    for (out, (args, code, words)) in out.iter().zip(cases) {
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(flag) && stderr.contains(words),
-            "{flag}: {stderr}"
-        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        for word in words {
+            assert!(stderr.contains(word), "{args:?}: no {word:?} in {stderr}");
+        }
+        assert!(!stderr.contains("internal error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "no password shown: {stderr}");
         assert!(
             !stderr.contains("serving"),
             "nothing announced before the check: {stderr}"
@@ -272,6 +350,323 @@ async fn ctrl_c_during_run_cancels_the_job_and_shows_its_end() {
         status(&job),
         ansible_runner_service::pb::JobStatus::Canceled
     );
+    server.stop().await;
+}
+
+/// The lines a child process writes to stderr, as they come.
+struct StderrLines {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl StderrLines {
+    fn of(child: &mut std::process::Child) -> StderrLines {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        StderrLines {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line that contains `words`, waiting up to `limit`.
+    async fn wait_for(&mut self, words: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if line.contains(words) {
+                        return line;
+                    }
+                }
+                other => panic!(
+                    "no line with {words:?} ({}): {}",
+                    if other.is_ok() {
+                        "it ended"
+                    } else {
+                        "timed out"
+                    },
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything it wrote, once it closed stderr.
+    async fn all(mut self) -> String {
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+/// Waits up to `limit` for the child to exit; its exit code.
+async fn exit_code_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the client did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// A second Ctrl-C while the cancel waits for the run to stop (its task
+/// ignores SIGTERM, so it gets the whole kill grace) leaves the job to the
+/// server: exit 130, saying the job and how to follow or cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_while_the_cancel_is_pending_detaches() {
+    use ansible_runner_service::pb::JobStatus;
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.playbooks_dir = repo_path("tests/playbooks");
+    history.settings.kill_grace = Duration::from_secs(15);
+    let server = TestServer::start(&history.settings).await;
+    let mut child = binary()
+        .args(["run", "--server", &server.addr.to_string(), "stubborn.yml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = StderrLines::of(&mut child);
+    let first = stderr.wait_for("job ", Duration::from_secs(30)).await;
+    let job_id = first.strip_prefix("job ").unwrap().to_owned();
+    // The task's shell runs, ignoring SIGTERM.
+    eventually(Duration::from_secs(60), "the stubborn task to run", || {
+        let running = job_processes(&job_id)
+            .into_iter()
+            .any(|pid| command_line(pid).contains("sleep 300"));
+        async move { running.then_some(()) }
+    })
+    .await;
+
+    sigint(&child);
+    stderr
+        .wait_for(&format!("canceling job {job_id}"), Duration::from_secs(10))
+        .await;
+    let store = history.store().await;
+    eventually(
+        Duration::from_secs(10),
+        "the cancel request to be recorded",
+        || {
+            use ansible_runner_service::store::entities::jobs;
+            use sea_orm::EntityTrait;
+            let store = store.clone();
+            let id = job_id.clone();
+            async move {
+                let row = jobs::Entity::find_by_id(id)
+                    .one(store.connection())
+                    .await
+                    .unwrap()?;
+                row.cancel_requested.then_some(())
+            }
+        },
+    )
+    .await;
+
+    sigint(&child);
+    let code = exit_code_within(&mut child, Duration::from_secs(10)).await;
+    let said = stderr.all().await;
+    assert_eq!(code, Some(130), "128 + SIGINT: {said}");
+    assert!(
+        said.contains(&format!("stopped following job {job_id}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("ansible-runner-service watch {job_id}"))
+            && said.contains(&format!("ansible-runner-service cancel {job_id}")),
+        "how to follow or cancel it: {said}"
+    );
+    let mut client = server.client.clone();
+    assert_eq!(
+        status(&get(&mut client, &job_id).await),
+        JobStatus::Running,
+        "the client left while the cancel was still pending"
+    );
+    // The server carries the cancel through without the client.
+    let done = wait_terminal(&mut client, &job_id).await;
+    assert_eq!(status(&done), JobStatus::Canceled);
+    no_process_left(&job_id).await;
+    server.stop().await;
+}
+
+/// What the binary wrote to a pseudo-terminal, run with `args` and `env`.
+/// Python's pty (Python is there wherever Ansible is) stands in for a
+/// person's terminal.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))",
+            env!("CARGO_BIN_EXE_ansible-runner-service"),
+        ])
+        .args(args)
+        .env_remove("ARS_TOKEN")
+        .env_remove("ARS_SERVER")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 on PATH");
+    (out.status.code(), text(&out.stdout))
+}
+
+/// Colour (the client's tables, the server's log levels) only on a terminal,
+/// never under NO_COLOR, never into a pipe; `--color always` still colours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_on_a_terminal_and_never_under_no_color() {
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let job = submit(&mut client, request("hello.yml")).await;
+    wait_terminal(&mut client, &job.job_id).await;
+    let addr = server.addr.to_string();
+    let list = ["list", "--server", &addr];
+    let green = "\x1b[32mSUCCESSFUL\x1b[0m";
+
+    let (code, terminal) = on_a_terminal(&list, &[]);
+    assert_eq!(code, Some(0), "{terminal}");
+    assert!(
+        terminal.contains(green),
+        "coloured on a terminal: {terminal:?}"
+    );
+    let (_, empty_no_color) = on_a_terminal(&list, &[("NO_COLOR", "")]);
+    assert!(
+        empty_no_color.contains(green),
+        "an empty NO_COLOR does not count: {empty_no_color:?}"
+    );
+    let (code, no_color) = on_a_terminal(&list, &[("NO_COLOR", "1")]);
+    assert_eq!(code, Some(0), "{no_color}");
+    assert!(
+        no_color.contains(&job.job_id) && !no_color.contains('\x1b'),
+        "NO_COLOR: {no_color:?}"
+    );
+    let piped = cli(&addr, &["list"]);
+    assert!(text(&piped.stdout).contains(&job.job_id));
+    assert!(!text(&piped.stdout).contains('\x1b'), "no colour in a pipe");
+    let always = cli(&addr, &["list", "--color", "always"]);
+    assert!(
+        text(&always.stdout).contains(green),
+        "--color always colours a pipe too"
+    );
+
+    // The server's log: a warning and an error, at once.
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}/h.db", dir.path().display());
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+        "--playbooks-dir",
+        "/nonexistent/playbooks",
+        "--database-url",
+        &database_url,
+    ];
+    let (code, terminal) = on_a_terminal(&serve, &[]);
+    assert_eq!(code, Some(1), "{terminal}");
+    assert!(
+        terminal.contains("WARN") && terminal.contains("\x1b[33m"),
+        "levels coloured on a terminal: {terminal:?}"
+    );
+    let (_, no_color) = on_a_terminal(&serve, &[("NO_COLOR", "1")]);
+    assert!(
+        no_color.contains("WARN") && !no_color.contains('\x1b'),
+        "NO_COLOR: {no_color:?}"
+    );
+    let piped = binary().args(serve).output().unwrap();
+    let piped = text(&piped.stderr);
+    assert!(
+        piped.contains("WARN") && !piped.contains('\x1b'),
+        "no colour in a pipe: {piped:?}"
+    );
+    server.stop().await;
+}
+
+/// `list --submitted-by NAME` shows only that client's jobs, to any client
+/// that may read them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_submitted_by_shows_only_that_clients_jobs() {
+    use ansible_runner_service::domain::Scopes;
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.workers = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let (deploy_key, deploy) =
+        ansible_runner_service::grpc::auth::new_key("deploy-bot", Scopes::full()).unwrap();
+    let (ci_key, ci) = ansible_runner_service::grpc::auth::new_key("ci", Scopes::full()).unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("{}\n{}\n", deploy.line(), ci.line())).unwrap();
+    history.settings.api_keys_file = Some(keys);
+    let server = TestServer::start(&history.settings).await;
+    let mut client = server.client.clone();
+    let mut deploys = Vec::new();
+    for _ in 0..2 {
+        deploys.push(
+            submit_as(&mut client, request("hello.yml"), &deploy_key)
+                .await
+                .job_id,
+        );
+    }
+    let by_ci = submit_as(&mut client, request("hello.yml"), &ci_key)
+        .await
+        .job_id;
+
+    let addr = server.addr.to_string();
+    let (filtered, everything, table) = tokio::task::spawn_blocking({
+        let ci_key = ci_key.clone();
+        move || {
+            let as_ci = |args: &[&str]| {
+                let mut args = args.to_vec();
+                args.extend(["--token", &ci_key]);
+                cli(&addr, &args)
+            };
+            (
+                as_ci(&["list", "--submitted-by", "deploy-bot", "--json"]),
+                as_ci(&["list", "--json"]),
+                as_ci(&["list", "--submitted-by", "ci"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let ids = |out: &Output| -> Vec<String> {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut ids: Vec<String> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    deploys.sort();
+    assert_eq!(ids(&filtered), deploys, "deploy-bot's jobs only");
+    assert_eq!(ids(&everything).len(), 3, "the filter is what narrows it");
+    let table = text(&table.stdout);
+    assert!(table.contains(&by_ci), "{table}");
+    assert!(deploys.iter().all(|id| !table.contains(id)), "{table}");
     server.stop().await;
 }
 

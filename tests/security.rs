@@ -36,11 +36,13 @@ async fn keys_are_required_and_name_the_submitter(backend: Backend) {
 
     let missing = client.submit_job(request("hello.yml")).await.unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(missing.message().contains("missing API key"), "{missing:?}");
     let wrong = client
         .submit_job(with_key(request("hello.yml"), "ars_not-a-key"))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(wrong.message(), "invalid API key");
     let listed = client
         .list_jobs(ListJobsRequest::default())
         .await
@@ -87,8 +89,13 @@ async fn keys_are_required_and_name_the_submitter(backend: Backend) {
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         })
-        .await;
-    assert!(health.is_ok(), "{health:?}");
+        .await
+        .expect("health answers without a key")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     server.stop().await;
 }
 
@@ -172,35 +179,48 @@ async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
         .playbooks;
     assert!(!playbooks.is_empty());
 
-    let anonymous = async {
-        let channel = Channel::from_shared(url.clone())
+    let refused = |channel: Channel| async move {
+        JobServiceClient::new(channel)
+            .list_playbooks(pb::ListPlaybooksRequest {})
+            .await
+            .expect_err("refused")
+    };
+    let anonymous = refused(
+        Channel::from_shared(url.clone())
             .unwrap()
             .tls_config(tls.clone())
             .unwrap()
-            .connect()
-            .await?;
-        JobServiceClient::new(channel)
-            .list_playbooks(pb::ListPlaybooksRequest {})
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    };
-    assert!(
-        anonymous.await.is_err(),
-        "no client certificate: the handshake fails"
-    );
-
-    let plaintext = async {
-        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .connect_lazy(),
+    )
+    .await;
+    let plaintext = refused(
+        Channel::from_shared(format!("http://{}", server.addr))
             .unwrap()
-            .connect()
-            .await?;
-        JobServiceClient::new(channel)
-            .list_playbooks(pb::ListPlaybooksRequest {})
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    };
-    assert!(plaintext.await.is_err(), "plaintext is refused");
+            .connect_lazy(),
+    )
+    .await;
+    refused_by_the_transport(&anonymous, "no client certificate: the handshake fails");
+    refused_by_the_transport(&plaintext, "plaintext to a TLS port");
     server.stop().await;
+}
+
+/// A call the server never answered: tonic's own status for a connection
+/// that was refused or cut (a failed TLS handshake, bytes that are not
+/// HTTP/2), with the transport error as its source; never a status the
+/// service sent, which would mean the call got through.
+fn refused_by_the_transport(status: &tonic::Status, what: &str) {
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        ),
+        "{what}: {status:?}"
+    );
+    let source = std::error::Error::source(status);
+    assert!(
+        source.is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some()),
+        "{what}: refused by the transport, not answered: {status:?}"
+    );
 }
 
 async fn oversized_requests_are_resource_exhausted(backend: Backend) {
@@ -212,6 +232,10 @@ async fn oversized_requests_are_resource_exhausted(backend: Backend) {
     req.extra_vars = vars(json!({"blob": "x".repeat(1_100_000)}));
     let err = client.submit_job(req).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("the limit is: 1048576 bytes"),
+        "names MAX_REQUEST_BYTES: {err:?}"
+    );
     let total = client
         .list_jobs(ListJobsRequest::default())
         .await
@@ -354,13 +378,39 @@ async fn rejected_requests_leave_nothing_behind(backend: Backend) {
     let mut client = server.client.clone();
     let mut bad = request("../etc/passwd.yml");
     bad.secret_extra_vars = vars(json!({"token": "abcdef"}));
-    let rejected = [bad, request("missing.yml"), {
-        let mut r = request("hello.yml");
-        r.extra_vars = vars(json!({"ansible_become_password": "x"}));
-        r
-    }];
-    for req in rejected {
-        assert!(client.submit_job(req).await.is_err());
+    let mut become_password = request("hello.yml");
+    become_password.extra_vars = vars(json!({"ansible_become_password": "x"}));
+    // (request, code, ErrorInfo reason, field violations, words of the message)
+    let rejected = [
+        (
+            bad,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            vec!["playbook"],
+            "must not contain '..'",
+        ),
+        (
+            request("missing.yml"),
+            Code::NotFound,
+            "PLAYBOOK_NOT_FOUND",
+            vec![],
+            "\"missing.yml\" is not in the catalogue",
+        ),
+        (
+            become_password,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            vec!["extra_vars"],
+            "\"ansible_become_password\": variables starting with 'ansible_' are not allowed",
+        ),
+    ];
+    for (req, code, why, fields, words) in rejected {
+        let playbook = req.playbook.clone();
+        let err = client.submit_job(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{playbook}: {err:?}");
+        assert_eq!(reason(&err), why, "{playbook}: {err:?}");
+        assert_eq!(violations(&err), fields, "{playbook}: {err:?}");
+        assert!(err.message().contains(words), "{playbook}: {err:?}");
     }
     let total = client
         .list_jobs(ListJobsRequest::default())

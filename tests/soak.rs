@@ -4,6 +4,8 @@
 //!
 //! CI runs a small size; run it longer with, for example:
 //!     SOAK_JOBS=1000 SOAK_SEED=42 cargo nextest run --test soak --no-capture
+//! Submitting must finish within SOAK_SUBMIT_SECONDS (default 60 + one per
+//! job), each call within 10 s.
 
 mod common;
 
@@ -59,19 +61,34 @@ async fn soak_loses_nothing_and_runs_nothing_twice() {
         ServiceProcess::worker(&history.settings),
     ]);
 
-    // Submit every job, retrying each (same request_id) until acknowledged.
+    // Submit every job, retrying each (same request_id) until acknowledged,
+    // within a deadline: a service that stops answering fails the soak with
+    // the job it was stuck on, instead of hanging it.
+    let submit_limit = Duration::from_secs(env_or("SOAK_SUBMIT_SECONDS", 60 + total));
     let submitting = async {
+        let deadline = tokio::time::Instant::now() + submit_limit;
         let mut acknowledged = Vec::new();
         for i in 0..total {
             let mut req = request("hello.yml");
             req.request_id = format!("soak-{seed}-{i}");
             loop {
-                match client.clone().submit_job(req.clone()).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut call = tonic::Request::new(req.clone());
+                call.set_timeout(left.min(Duration::from_secs(10)));
+                match client.clone().submit_job(call).await {
                     Ok(answer) => {
                         acknowledged.push(answer.into_inner().job.unwrap().job_id);
                         break;
                     }
                     Err(e) => {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "soak: job {i} of {total} not acknowledged within {submit_limit:?} \
+                             (SOAK_SUBMIT_SECONDS; {} acknowledged before it); last answer {:?}: {}",
+                            acknowledged.len(),
+                            e.code(),
+                            e.message()
+                        );
                         println!("submit {i} refused ({}), retrying", e.code());
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

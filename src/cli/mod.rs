@@ -17,7 +17,7 @@ use crate::grpc::convert::json_to_struct;
 use crate::pb::job_service_client::JobServiceClient;
 use crate::pb::{self, watch_job_response::Kind};
 
-pub use output::Painter;
+pub use output::{colour_by_default, Painter};
 
 /// Where the server is and who is calling: the flags of every client command.
 #[derive(Debug, Args, Clone)]
@@ -30,7 +30,7 @@ pub struct ClientArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub tls: TlsClientArgs,
-    /// Colour the output: auto (when a terminal), always, never.
+    /// Colour the output: auto (on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }
@@ -307,7 +307,7 @@ pub async fn run(command: ClientCommand) -> Result<u8, CliError> {
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => std::io::stdout().is_terminal(),
+        ColorChoice::Auto => colour_by_default(std::io::stdout().is_terminal()),
     };
     let painter = Painter { color };
     let mut client = Client::connect(&args).await?;

@@ -14,6 +14,12 @@ const YELLOW: &str = "\x1b[33m";
 const CYAN: &str = "\x1b[36m";
 const RESET: &str = "\x1b[0m";
 
+/// Whether a stream gets colour by default: only when it is a terminal, and
+/// never under `NO_COLOR` (set and not empty; <https://no-color.org>).
+pub fn colour_by_default(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Colours text when asked to.
 pub struct Painter {
     pub color: bool,
