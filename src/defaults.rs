@@ -5,6 +5,8 @@
 
 // Where things are.
 pub const LISTEN_ADDR: &str = "127.0.0.1:50051";
+/// Where the client looks for the server: [`LISTEN_ADDR`] over plain HTTP/2.
+pub const SERVER_URL: &str = "http://127.0.0.1:50051";
 pub const DATABASE_URL: &str = "sqlite://data/ansible-runner.db";
 pub const REDIS_PREFIX: &str = "ars";
 pub const PLAYBOOKS_DIR: &str = "playbooks";
@@ -48,4 +50,12 @@ pub fn workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_looks_where_the_server_listens() {
+        assert_eq!(super::SERVER_URL, format!("http://{}", super::LISTEN_ADDR));
+    }
 }

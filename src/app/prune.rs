@@ -11,6 +11,9 @@ use crate::domain::{Error, JobStatus};
 use crate::live::LiveState;
 use crate::store::{PruneReport, Store};
 
+/// How often `--prune-older-than` prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Deletes finished jobs created more than `age` ago (of one status if
 /// given) in small batches, and forgets them in the live state.
 pub async fn prune(
@@ -65,7 +68,7 @@ pub async fn prune_periodically(state: Arc<AppState>, age: Duration, shutdown: C
             Err(e) => tracing::warn!(error = %e, "pruning old jobs"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
             _ = shutdown.cancelled() => return,
         }
     }

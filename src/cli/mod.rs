@@ -23,7 +23,7 @@ pub use output::{colour_by_default, Painter};
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
     /// The server's address: host:port, http://... or https://...
-    #[arg(long, env = "ARS_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "ARS_SERVER", default_value = crate::defaults::SERVER_URL)]
     pub server: String,
     /// API key, sent as `authorization: Bearer <token>`.
     #[arg(long, env = "ARS_TOKEN", hide_env_values = true)]
@@ -181,7 +181,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub submitted_by: Option<String>,
     /// How many jobs to show.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = crate::defaults::PAGE_SIZE as usize)]
     pub limit: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
