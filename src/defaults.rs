@@ -24,6 +24,14 @@ pub const MIN_SWEEP_INTERVAL_SECONDS: u64 = 1;
 pub const REDISPATCH_AFTER_SECONDS: u64 = 10;
 pub const KILL_GRACE_SECONDS: u64 = 10;
 pub const SHUTDOWN_GRACE_SECONDS: u64 = 30;
+/// How long the live state keeps a job (and its secret vars) after its last
+/// change; the history keeps it for good.
+pub const LIVE_STATE_TTL_SECONDS: u64 = 24 * 3600;
+/// Longest a request waits for the live state before it goes on without it
+/// (a read asks the history, a submit leaves the dispatch to the sweeper).
+pub const LIVE_WAIT_MS: u64 = 1000;
+/// How often `--prune-older-than` prunes.
+pub const PRUNE_EVERY_SECONDS: u64 = 3600;
 /// How much longer than the kill grace CancelJob waits for a running job to
 /// stop before it answers with the job still RUNNING.
 pub const CANCEL_WAIT_EXTRA_SECONDS: u64 = 5;

@@ -60,6 +60,30 @@ pub const LIVE_CATCH_UP: Backoff = Backoff {
     retries: Some(30),
 };
 
+/// Taking a job's secret vars from the live state at the start of its run:
+/// a few seconds, then the job fails (SECRETS_LOST) rather than wait.
+pub const SECRETS_READ: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_millis(500),
+    retries: Some(9),
+};
+
+/// A worker whose dispatch or claim failed tries again after this, without
+/// end (the job stays PENDING; the sweeper queues it again if need be).
+pub const DISPATCH_ERROR: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(1),
+    retries: None,
+};
+
+/// The client following a job (`run`, `watch`) while the server is away:
+/// about a minute, then it gives up.
+pub const CLIENT_RECONNECT: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(1),
+    retries: Some(60),
+};
+
 impl Backoff {
     /// The delays before each retry, in order; ends after `retries`.
     pub fn delays(&self) -> Delays {

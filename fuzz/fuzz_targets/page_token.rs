@@ -2,7 +2,7 @@
 //! only a token signed with the key is accepted.
 #![no_main]
 
-use ansible_runner_service::grpc::PageToken;
+use ansible_runner_service::app::PageToken;
 use ansible_runner_service::store::ListFilter;
 use libfuzzer_sys::fuzz_target;
 

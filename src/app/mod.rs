@@ -1,6 +1,6 @@
 //! The use-cases: one function for each thing a caller can ask of the
 //! service (submit, get, list, watch, cancel, prune), whoever asks: the
-//! gRPC handlers, the CLI's server-side commands, the sweeper, and later
+//! gRPC handlers, the CLI's `prune`, the periodic pruning, and later
 //! schedules and the console. A use-case checks the caller's rights and the
 //! input rules, then works the history and the live state; it knows nothing
 //! of protobuf or gRPC.
@@ -38,7 +38,7 @@ pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
 
 /// Longest a use-case waits for the live state before it goes on without it
 /// (a submit after its commit, a read before it asks the history).
-pub(crate) const LIVE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const LIVE_WAIT: Duration = Duration::from_millis(defaults::LIVE_WAIT_MS);
 
 /// What request handlers share.
 pub struct AppState {

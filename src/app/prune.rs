@@ -12,7 +12,7 @@ use crate::live::LiveState;
 use crate::store::{PruneReport, Store};
 
 /// How often `--prune-older-than` prunes.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(crate::defaults::PRUNE_EVERY_SECONDS);
 
 /// Deletes finished jobs created more than `age` ago (of one status if
 /// given) in small batches, and forgets them in the live state.
@@ -23,10 +23,7 @@ pub async fn prune(
     status: Option<JobStatus>,
     dry_run: bool,
 ) -> Result<PruneReport, Error> {
-    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-    let before = super::now()
-        .checked_sub_signed(age)
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let before = crate::domain::earlier(super::now(), age);
     let mut report = PruneReport::default();
     let mut after = String::new();
     loop {

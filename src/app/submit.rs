@@ -1,11 +1,18 @@
 //! SubmitJob: check the caller and the input, keep the secrets, commit the
 //! job, hand it to the dispatch.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use super::{AppState, LIVE_WAIT};
 use crate::domain::validate::{self, Submission};
 use crate::domain::{Action, Caller, Error, Job};
+
+/// How long a removal of secrets whose write failed may wait for the live
+/// state to come back.
+const SECRETS_CLEANUP_WAIT: Duration = Duration::from_secs(30);
 
 /// Fault-injection hook for the crash tests: when ARS_CRASH_AT names this
 /// point, the process aborts there, as a `kill -9` would.
@@ -40,9 +47,14 @@ impl AppState {
     /// the caller used before for the same request, the job it created.
     ///
     /// Secret vars are kept in the live state before the job is committed:
-    /// when they cannot be, nothing is written and the answer is UNAVAILABLE,
-    /// so a retry (with the same request_id or not) starts afresh.
-    pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<Job, Error> {
+    /// when they cannot be, the job is not written and the answer is
+    /// UNAVAILABLE, so a retry (with the same request_id or not) starts
+    /// afresh.
+    pub async fn submit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        submission: Submission,
+    ) -> Result<Job, Error> {
         caller.require(Action::Run)?;
         let valid = validate::submission(submission, &self.limits)?;
         caller.require_playbook(&valid.spec.playbook)?;
@@ -63,24 +75,46 @@ impl AppState {
             }
         }
         self.check_pending_quota(caller).await?;
+        // From here on the submit runs to its end even if its caller goes
+        // away, so that secrets kept are always either the job's or removed.
+        let state = self.clone();
+        let client = caller.label().to_owned();
+        tokio::spawn(async move { state.commit(job, valid.secrets, client).await })
+            .await
+            .map_err(|e| Error::internal("submit a job", e))?
+    }
+
+    /// Keeps the secrets, commits the job and hands it to the dispatch.
+    async fn commit(
+        &self,
+        job: Job,
+        secrets: Map<String, Value>,
+        client: String,
+    ) -> Result<Job, Error> {
         if job.has_secrets {
-            self.keep_secrets(&job, &valid.secrets).await?;
+            self.keep_secrets(&job, &secrets).await?;
         }
-        let inserted = self.store.insert_job(&job).await;
-        let (job, created) = match inserted {
+        let (job, created) = match self.store.insert_job(&job).await {
             Ok((existing, false)) => {
                 // A concurrent submission with this request_id won the race.
                 self.drop_secrets(&job).await;
                 (same_request(existing, &job)?, false)
             }
             Ok(inserted) => inserted,
-            Err(e) => {
-                self.drop_secrets(&job).await;
-                return Err(e);
-            }
+            // The commit may have gone through with its answer lost: the
+            // job exists then, and its secrets are its own.
+            Err(e) => match self.store.get_job(job.id).await {
+                Ok(Some(committed)) => (committed, true),
+                Ok(None) => {
+                    self.drop_secrets(&job).await;
+                    return Err(e);
+                }
+                // Unknown: the secrets expire with the live state (JOB_TTL).
+                Err(_) => return Err(e),
+            },
         };
         if created {
-            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client = caller.label(), "job submitted");
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client, "job submitted");
             crash_point("after_commit");
             crate::metrics::get().jobs_submitted.inc();
             // The job is committed: from here a failure of the live state only
@@ -119,19 +153,24 @@ impl AppState {
     }
 
     /// Hands a new job's secrets to the live state, before the job exists:
-    /// UNAVAILABLE when it cannot, with nothing written.
+    /// UNAVAILABLE when it cannot, with the job not written. A write that
+    /// failed may still land (the client queues commands while it
+    /// reconnects), so a removal is queued behind it.
     async fn keep_secrets(&self, job: &Job, secrets: &Map<String, Value>) -> Result<(), Error> {
-        match tokio::time::timeout(LIVE_WAIT, self.live.put_secrets(job.id, secrets)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Unavailable {
-                what: "the live state",
-                source: format!("keeping the secret vars: {e}").into(),
-            }),
-            Err(_) => Err(Error::Unavailable {
-                what: "the live state",
-                source: "keeping the secret vars timed out".into(),
-            }),
-        }
+        let failed =
+            match tokio::time::timeout(LIVE_WAIT, self.live.put_secrets(job.id, secrets)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => format!("keeping the secret vars: {e}"),
+                Err(_) => "keeping the secret vars timed out".to_owned(),
+            };
+        let (live, id) = (self.live.clone(), job.id);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SECRETS_CLEANUP_WAIT, live.take_secrets(id)).await;
+        });
+        Err(Error::Unavailable {
+            what: "the live state",
+            source: failed.into(),
+        })
     }
 
     /// Forgets secrets kept for a job that was not created (they would

@@ -529,7 +529,8 @@ async fn follow(
     let mut canceling = false;
     let mut last = 0u64;
     let mut progress = output::Progress::new(std::io::stderr().is_terminal());
-    let mut retries = 0;
+    let reconnect = crate::retry::CLIENT_RECONNECT;
+    let mut delays = reconnect.delays();
     loop {
         let stream = client
             .jobs
@@ -540,11 +541,13 @@ async fn follow(
             .await;
         let mut stream = match stream {
             Ok(stream) => stream.into_inner(),
-            Err(status) if retryable(&status) && retries < 60 => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            Err(status) if retryable(&status) => match delays.next() {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                None => return Err(status.into()),
+            },
             Err(status) => return Err(status.into()),
         };
         loop {
@@ -573,7 +576,7 @@ async fn follow(
             };
             match next {
                 Ok(Some(message)) => {
-                    retries = 0;
+                    delays = reconnect.delays();
                     match message.kind {
                         Some(Kind::Event(event)) => {
                             last = event.sequence;
@@ -606,15 +609,14 @@ async fn follow(
             }
         }
         progress.clear();
-        if retries >= 60 {
+        let Some(delay) = delays.next() else {
             return Err(CliError {
                 message: "lost the server for a minute; giving up".into(),
                 code: 1,
             });
-        }
-        retries += 1;
+        };
         eprintln!("connection lost; resuming after event {last}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -1,6 +1,7 @@
-//! Which status may follow which, and why: the rules the store applies
-//! (each change is a conditional update on the status it leaves) and the
-//! worker reports with. A job moves forward only:
+//! Which status may follow which, and the outcome of each ending: the store
+//! writes these outcomes (each change a conditional update on the status it
+//! leaves, checked against [`JobStatus::may_become`] in debug builds) and the
+//! worker reports its runs with them. A job moves forward only:
 //!
 //! ```text
 //! PENDING ──claim──▶ RUNNING ──run ends──▶ SUCCESSFUL | FAILED | CANCELED | TIMED_OUT

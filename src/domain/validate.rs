@@ -75,9 +75,6 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const DEFAULT_QUEUE: &str = defaults::QUEUE;
 pub const MAX_QUEUE_NAME_BYTES: usize = 64;
 
-/// A queue (worker group) name: 1 to 64 ASCII letters, digits, `_`, `-` or
-/// `.`, starting with a letter or digit. Names reach Redis keys and metric
-/// labels, so they stay plain.
 /// A job id as a caller sends it: a UUID.
 pub fn job_id(id: &str) -> Result<uuid::Uuid, Error> {
     if id.is_empty() {
@@ -86,6 +83,9 @@ pub fn job_id(id: &str) -> Result<uuid::Uuid, Error> {
     uuid::Uuid::parse_str(id).map_err(|_| Error::invalid("job_id", "must be a job id (a UUID)"))
 }
 
+/// A queue (worker group) name: 1 to 64 ASCII letters, digits, `_`, `-` or
+/// `.`, starting with a letter or digit. Names reach Redis keys and metric
+/// labels, so they stay plain.
 pub fn queue_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_QUEUE_NAME_BYTES {
         return Err(format!(

@@ -24,7 +24,7 @@ pub use memory::MemoryLive;
 pub use redis::RedisLive;
 
 /// How long a job's live state is kept after its last update.
-pub const JOB_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const JOB_TTL: Duration = Duration::from_secs(crate::defaults::LIVE_STATE_TTL_SECONDS);
 
 /// Largest stdout the live state keeps with a job; a longer one is read
 /// from the history when asked for.

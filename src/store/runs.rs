@@ -35,10 +35,16 @@ pub enum CancelOutcome {
     Requested(Job),
 }
 
-/// The update that ends a job with `outcome` at `now` (microseconds); the
-/// caller adds the condition on the status the transition leaves.
-fn end_with(outcome: &Outcome, now: i64) -> UpdateMany<jobs::Entity> {
+/// The update that ends a job in status `from` with `outcome` at `now`
+/// (microseconds), on the condition that it is still in `from`.
+fn end_with(outcome: &Outcome, from: JobStatus, now: i64) -> UpdateMany<jobs::Entity> {
+    debug_assert!(
+        from.may_become(outcome.status),
+        "{from} -> {}",
+        outcome.status
+    );
     jobs::Entity::update_many()
+        .filter(Column::Status.eq(from.as_str()))
         .col_expr(Column::Status, Expr::value(outcome.status.as_str()))
         .col_expr(Column::FinishedAt, Expr::value(now))
         .col_expr(Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
@@ -63,6 +69,7 @@ impl Store {
     ) -> Result<Option<Job>, Error> {
         let now = to_micros(now);
         let lease_until = to_micros(lease_until);
+        debug_assert!(JobStatus::Pending.may_become(JobStatus::Running));
         let claimed = jobs::Entity::update_many()
             .col_expr(Column::Status, Expr::value(JobStatus::Running.as_str()))
             .col_expr(Column::Attempt, Expr::col(Column::Attempt).add(1))
@@ -160,9 +167,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, Error> {
         let now = to_micros(now);
-        debug_assert!(JobStatus::Running.may_become(outcome.status));
-        let mut update =
-            end_with(outcome, now).col_expr(Column::RunPgid, Expr::value(Option::<i32>::None));
+        let mut update = end_with(outcome, JobStatus::Running, now)
+            .col_expr(Column::RunPgid, Expr::value(Option::<i32>::None));
         if let Some(result) = &outcome.result {
             let stats = serde_json::to_string(&result.stats)
                 .map_err(|e| Error::internal("encode stats", e))?;
@@ -243,14 +249,13 @@ impl Store {
                 .ok_or_else(|| Error::JobNotFound(id.to_string()))?;
             match job.status {
                 JobStatus::Pending => {
-                    let done = end_with(&Outcome::canceled_before_start(), now)
+                    let done = end_with(&Outcome::canceled_before_start(), JobStatus::Pending, now)
                         .col_expr(Column::CancelRequested, Expr::value(true))
                         .col_expr(
                             Column::CanceledBy,
                             Expr::col(Column::CanceledBy).if_null(by),
                         )
                         .filter(Column::Id.eq(id.to_string()))
-                        .filter(Column::Status.eq(JobStatus::Pending.as_str()))
                         .exec(&self.db)
                         .await
                         .map_err(|e| db_error("cancel job", e))?;
@@ -309,14 +314,17 @@ impl Store {
         let mut ended = Vec::new();
         for row in expired {
             let worker = row.worker_id.as_deref().unwrap_or("?");
-            let done = end_with(&Outcome::worker_lost(worker, Lost::LeaseExpired), now)
-                .filter(Column::Id.eq(row.id.clone()))
-                .filter(Column::Status.eq(JobStatus::Running.as_str()))
-                .filter(Column::Attempt.eq(row.attempt))
-                .filter(Column::LeaseExpiresAt.lt(now))
-                .exec(&self.db)
-                .await
-                .map_err(|e| db_error("expire lease", e))?;
+            let done = end_with(
+                &Outcome::worker_lost(worker, Lost::LeaseExpired),
+                JobStatus::Running,
+                now,
+            )
+            .filter(Column::Id.eq(row.id.clone()))
+            .filter(Column::Attempt.eq(row.attempt))
+            .filter(Column::LeaseExpiresAt.lt(now))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("expire lease", e))?;
             if done.rows_affected == 1 {
                 if let Ok(id) = Uuid::parse_str(&row.id) {
                     if let Some(job) = self.get_job(id).await? {
@@ -382,11 +390,15 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, Error> {
         let now = to_micros(now);
-        let done = end_with(&Outcome::worker_lost(worker_id, Lost::Died), now)
-            .filter(Self::fenced(id, attempt, worker_id))
-            .exec(&self.db)
-            .await
-            .map_err(|e| db_error("end lost run", e))?;
+        let done = end_with(
+            &Outcome::worker_lost(worker_id, Lost::Died),
+            JobStatus::Running,
+            now,
+        )
+        .filter(Self::fenced(id, attempt, worker_id))
+        .exec(&self.db)
+        .await
+        .map_err(|e| db_error("end lost run", e))?;
         if done.rows_affected != 1 {
             return Ok(None);
         }

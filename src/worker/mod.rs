@@ -25,9 +25,7 @@ use crate::live::LiveState;
 use crate::store::Store;
 
 pub use crate::settings::ExecutorKind;
-pub use executor::{
-    signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason, DEFAULT_STDOUT_CAP,
-};
+pub use executor::{signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason};
 pub use mask::Masker;
 pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
@@ -129,13 +127,12 @@ impl Worker {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "taking a dispatched job");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(crate::retry::DISPATCH_ERROR.first).await;
                     continue;
                 }
             };
             let now = chrono::Utc::now();
-            let lease_until = now
-                + chrono::Duration::from_std(self.timing.lease).unwrap_or(chrono::Duration::MAX);
+            let lease_until = crate::domain::later(now, self.timing.lease);
             match self
                 .store
                 .claim(id, &self.id, &self.host, now, lease_until)
@@ -162,7 +159,7 @@ impl Worker {
                     // The job stays PENDING in the history and taken in the
                     // live state; the sweeper reclaims it and queues it again.
                     tracing::warn!(job_id = %id, error = %e, "claiming a job");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(crate::retry::DISPATCH_ERROR.first).await;
                 }
             }
         }

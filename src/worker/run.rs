@@ -123,13 +123,15 @@ impl Worker {
         if !job.has_secrets {
             return Ok(Map::new());
         }
-        for _ in 0..10 {
+        let mut delays = crate::retry::SECRETS_READ.delays();
+        loop {
             match self.live.take_secrets(job.id).await {
                 Ok(Some(secrets)) => return Ok(secrets),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, error = %e, "taking the secret extra vars; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let Some(delay) = delays.next() else { break };
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -201,7 +203,7 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                    let until = crate::domain::later(chrono::Utc::now(), lease);
                     // A hung connection must not hold the guard past the lease.
                     let renewal = tokio::time::timeout(
                         lease / 3,

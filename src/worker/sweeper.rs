@@ -90,8 +90,7 @@ impl Sweeper {
         }
         // Every PENDING job old enough, however long the queues are: the
         // dispatch queues the ones it does not hold, in their place.
-        let before = now
-            - chrono::Duration::from_std(self.redispatch_after).unwrap_or(chrono::Duration::MAX);
+        let before = crate::domain::earlier(now, self.redispatch_after);
         let mut after: Option<Cursor> = None;
         loop {
             let page = self

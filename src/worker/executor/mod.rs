@@ -23,7 +23,7 @@ use super::ExecutorKind;
 use crate::domain::{HostStats, JobSpec};
 use run_files::{run_environment, CALLBACK_PLUGIN};
 
-pub use output::{RawEvent, DEFAULT_STDOUT_CAP};
+pub use output::RawEvent;
 pub use supervise::signal_group;
 
 /// Why a run is being stopped before it ends by itself.

@@ -37,8 +37,6 @@ pub struct RawEvent {
     pub size: usize,
 }
 
-/// Bytes of a run's stdout and stderr kept unless configured otherwise.
-pub const DEFAULT_STDOUT_CAP: usize = 16 << 20;
 /// How long the output pipes may stay open after ansible-playbook exits.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(5);
 
