@@ -109,7 +109,7 @@ impl Catalogue {
 /// The `name:` of the first play: the first top-level list item's `name` key.
 /// A line scan rather than a YAML parser: playbooks are written by operators,
 /// and a description is a convenience.
-pub fn first_play_name(text: &str) -> Option<String> {
+fn first_play_name(text: &str) -> Option<String> {
     let mut in_first_item = false;
     for line in text.lines() {
         let trimmed = line.trim_end();

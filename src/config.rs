@@ -89,7 +89,7 @@ fn parse_queue(text: &str) -> Result<String, String> {
 }
 
 /// HOST:PORT as the first address it names (`localhost:50051` included).
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<SocketAddr> = text
         .to_socket_addrs()
@@ -105,7 +105,7 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// "30d", "12h", "90m", "45s" as a duration.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
+fn parse_age(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.len().checked_sub(1).ok_or("empty duration")?;
     let (amount, unit) = text.split_at(split);

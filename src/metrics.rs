@@ -111,7 +111,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let mut text = String::new();
         let _ = encode(&mut text, &self.registry);
         text

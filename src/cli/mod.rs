@@ -628,7 +628,7 @@ fn retryable(status: &Status) -> bool {
 }
 
 /// Like ansible-playbook: 0 success, 2 failed; 3 timed out, 4 canceled.
-pub fn exit_code(status: i32) -> u8 {
+fn exit_code(status: i32) -> u8 {
     match pb::JobStatus::try_from(status) {
         Ok(pb::JobStatus::Successful) => 0,
         Ok(pb::JobStatus::Failed) => 2,

@@ -77,7 +77,7 @@ impl Painter {
     }
 }
 
-pub fn status_name(status: i32) -> String {
+fn status_name(status: i32) -> String {
     pb::JobStatus::try_from(status)
         .map(|s| s.as_str_name().trim_start_matches("JOB_STATUS_").to_owned())
         .unwrap_or_else(|_| status.to_string())

@@ -257,7 +257,7 @@ fn request_id(id: &str) -> Result<(), String> {
 /// One host name: letters, digits, `.`, `_`, `-` and `:` (IPv6), not
 /// starting with `-` or `.`. A host name reaches ssh's command line when no
 /// `ansible_host` is set, and brackets would expand it to a range of hosts.
-pub fn host_name(host: &str) -> Result<(), String> {
+fn host_name(host: &str) -> Result<(), String> {
     connection_word(
         "host",
         host,
@@ -316,7 +316,7 @@ pub fn hosts(list: &str, max_hosts: usize) -> Result<Vec<String>, String> {
 /// The `ansible_*` variables an inline inventory may set without
 /// `ALLOW_ANSIBLE_VARS`: the connection facts a caller legitimately knows.
 /// Each value is checked, since it reaches ssh's command line.
-pub const CALLER_CONNECTION_VARS: [&str; 4] = [
+const CALLER_CONNECTION_VARS: [&str; 4] = [
     "ansible_host",
     "ansible_port",
     "ansible_user",
@@ -324,7 +324,7 @@ pub const CALLER_CONNECTION_VARS: [&str; 4] = [
 ];
 
 /// The connection plugins a caller may choose.
-pub const CALLER_CONNECTIONS: [&str; 2] = ["ssh", "local"];
+const CALLER_CONNECTIONS: [&str; 2] = ["ssh", "local"];
 
 /// An inline inventory: `{group: {hosts: {name: vars}, children: {group: ..}, vars: {..}}}`.
 /// Host and group variables follow the extra_vars rule (no `ansible_*` unless
@@ -584,7 +584,7 @@ fn tag_name(tag: &str) -> Result<(), String> {
 }
 
 /// A variable name as Ansible accepts it.
-pub fn is_identifier(name: &str) -> bool {
+fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

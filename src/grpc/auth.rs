@@ -29,7 +29,7 @@ pub const KEYS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The second field of a keys-file line for a client that authenticates with
 /// a TLS client certificate instead of a key.
-pub const CERTIFICATE: &str = "certificate";
+const CERTIFICATE: &str = "certificate";
 
 /// How a client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl ApiKeys {
 
     /// The client whose key this is, comparing with every hash in constant
     /// time.
-    pub fn caller_for_key(&self, key: &str) -> Option<Caller> {
+    fn caller_for_key(&self, key: &str) -> Option<Caller> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for client in &self.clients {
@@ -114,7 +114,7 @@ impl ApiKeys {
 
     /// The `certificate` client a certificate's names name; None when they
     /// name none, or more than one (which client it is would be a guess).
-    pub fn caller_for_certificate(&self, names: &[String]) -> Option<Caller> {
+    fn caller_for_certificate(&self, names: &[String]) -> Option<Caller> {
         let mut matching = self
             .clients
             .iter()
@@ -253,7 +253,7 @@ impl KeyRing {
     /// does not parse, or cannot be read, leaves the last good keys in force;
     /// a file that parses with no client left refuses every call (the last
     /// client was revoked).
-    pub fn reload(&self, force: bool) {
+    fn reload(&self, force: bool) {
         let before = stamp(&self.path);
         let known = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) == before
             || self
@@ -334,7 +334,7 @@ pub struct Access {
 
 impl Access {
     /// The caller of a request, or UNAUTHENTICATED.
-    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let header = request
             .metadata()
             .get("authorization")

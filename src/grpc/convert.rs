@@ -74,7 +74,7 @@ fn json_to_value(v: &Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
-pub fn status_to_pb(status: JobStatus) -> pb::JobStatus {
+fn status_to_pb(status: JobStatus) -> pb::JobStatus {
     match status {
         JobStatus::Pending => pb::JobStatus::Pending,
         JobStatus::Running => pb::JobStatus::Running,
@@ -215,7 +215,7 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
     }
 }
 
-pub fn event_to_pb(event: &JobEvent) -> pb::JobEvent {
+fn event_to_pb(event: &JobEvent) -> pb::JobEvent {
     pb::JobEvent {
         sequence: event.seq,
         time: Some(timestamp(event.time)),

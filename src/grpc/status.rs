@@ -8,7 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::domain::{error_chain, Error};
 
 /// The domain of every ErrorInfo this service returns.
-pub const ERROR_DOMAIN: &str = "ansible-runner.v1";
+const ERROR_DOMAIN: &str = "ansible-runner.v1";
 
 fn with_reason(code: Code, message: String, reason: &str, mut details: ErrorDetails) -> Status {
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());

@@ -28,7 +28,7 @@ pub const JOB_TTL: Duration = Duration::from_secs(crate::defaults::LIVE_STATE_TT
 
 /// Largest stdout the live state keeps with a job; a longer one is read
 /// from the history when asked for.
-pub const LIVE_STDOUT_MAX: usize = 64 << 10;
+const LIVE_STDOUT_MAX: usize = 64 << 10;
 
 /// A job as the live state keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -108,17 +108,22 @@ impl<K: Eq + Hash + Clone> Totals<K> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn plan(&self, filter: &K, now: Instant) -> Plan {
-        let mut slots = self.slots();
+    /// The slot of `filter`, made (with room for it) when missing.
+    fn slot<'a>(&self, slots: &'a mut HashMap<K, Slot>, filter: &K, now: Instant) -> &'a mut Slot {
         if !slots.contains_key(filter) {
-            self.make_room(&mut slots);
+            self.make_room(slots);
         }
-        let slot = slots.entry(filter.clone()).or_insert_with(|| Slot {
+        slots.entry(filter.clone()).or_insert_with(|| Slot {
             count: None,
             refreshing: false,
             gate: Arc::default(),
             used: now,
-        });
+        })
+    }
+
+    pub fn plan(&self, filter: &K, now: Instant) -> Plan {
+        let mut slots = self.slots();
+        let slot = self.slot(&mut slots, filter, now);
         slot.used = now;
         match slot.count {
             Some(c) if now.saturating_duration_since(c.at) < self.policy.max_age => {
@@ -145,15 +150,7 @@ impl<K: Eq + Hash + Clone> Totals<K> {
     /// Keeps a full count, unless a newer one is kept already.
     pub fn record(&self, filter: &K, counted: Counted) {
         let mut slots = self.slots();
-        if !slots.contains_key(filter) {
-            self.make_room(&mut slots);
-        }
-        let slot = slots.entry(filter.clone()).or_insert_with(|| Slot {
-            count: None,
-            refreshing: false,
-            gate: Arc::default(),
-            used: counted.at,
-        });
+        let slot = self.slot(&mut slots, filter, counted.at);
         if slot.count.is_none_or(|kept| kept.at <= counted.at) {
             slot.count = Some(counted);
         }
