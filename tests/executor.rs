@@ -77,7 +77,12 @@ fn first_difference(a: &Produced, b: &Produced) -> Option<String> {
             (b.status, b.rc, &b.stats)
         ));
     }
-    let lines = |s: &str| s.lines().map(str::to_owned).collect::<Vec<_>>();
+    // The same lines; their order across hosts depends on timing (below).
+    let lines = |s: &str| {
+        let mut lines = s.lines().map(str::to_owned).collect::<Vec<_>>();
+        lines.sort();
+        lines
+    };
     let (la, lb) = (lines(&a.stdout), lines(&b.stdout));
     for i in 0..la.len().max(lb.len()) {
         if la.get(i) != lb.get(i) {
@@ -88,13 +93,34 @@ fn first_difference(a: &Produced, b: &Produced) -> Option<String> {
             ));
         }
     }
-    for i in 0..a.events.len().max(b.events.len()) {
-        if a.events.get(i) != b.events.get(i) {
-            return Some(format!(
-                "event {i}: {:?} vs {:?}",
-                a.events.get(i),
-                b.events.get(i)
-            ));
+    // Hosts run in parallel (forks), so how one host's events interleave
+    // with another's depends on timing; each host's own events (and the
+    // events of no host) come in one order.
+    let by_host = |p: &Produced| {
+        let mut hosts: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        for event in &p.events {
+            hosts
+                .entry(event.1.clone())
+                .or_default()
+                .push(event.clone());
+        }
+        hosts
+    };
+    let (ha, hb) = (by_host(a), by_host(b));
+    for host in ha.keys().chain(hb.keys()) {
+        let (ea, eb) = (&ha.get(host), &hb.get(host));
+        let (ea, eb) = (
+            ea.map(Vec::as_slice).unwrap_or(&[]),
+            eb.map(Vec::as_slice).unwrap_or(&[]),
+        );
+        for i in 0..ea.len().max(eb.len()) {
+            if ea.get(i) != eb.get(i) {
+                return Some(format!(
+                    "host {host:?} event {i}: {:?} vs {:?}",
+                    ea.get(i),
+                    eb.get(i)
+                ));
+            }
         }
     }
     None
