@@ -148,9 +148,7 @@ impl ServiceProcess {
         extra_env: &[(&str, &str)],
     ) -> ServiceProcess {
         use tonic_health::pb::health_check_response::ServingStatus;
-        let mut command = Self::command(settings, "serve", extra_env);
-        command.arg("--listen").arg(addr.to_string());
-        let process = Self::spawn(command, "serve", Some(addr));
+        let process = Self::start_serve(settings, addr, extra_env);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while health(addr).await != Some(ServingStatus::Serving) {
             assert!(
@@ -312,11 +310,9 @@ impl RedisServer {
     /// Kills the server, leaves it down for `down`, then starts an empty one
     /// on the same port.
     pub async fn restart_empty_after(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         tokio::time::sleep(down).await;
-        self.child = Self::spawn(self.port, &self.dir);
-        self.wait_ready().await;
+        self.start_again().await;
     }
 }
 
