@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod git_server;
 pub mod pki;
 pub mod process;
 pub mod proxy;
