@@ -143,6 +143,13 @@ def child(ctl, request, fds):
         atexit._clear()
         from ansible import constants as C
 
+        # Settings read once at import: what this run's environment sets
+        # (a git source's collections, roles) is read again.
+        for name, variable in (("COLLECTIONS_PATHS", "ANSIBLE_COLLECTIONS_PATH"),
+                               ("DEFAULT_ROLES_PATH", "ANSIBLE_ROLES_PATH")):
+            if variable in request["env"]:
+                setattr(C, name, C.config.get_config_value(name))
+
         local_tmp = tempfile.mkdtemp(prefix="ansible-local-%d" % os.getpid(), dir=request["local_tmp"])
         C.DEFAULT_LOCAL_TMP = local_tmp
         atexit.register(shutil.rmtree, local_tmp, True)

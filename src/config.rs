@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API, with in-process workers (--workers 0 for API only).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run jobs only, sharing the database and Redis with API servers.
     Worker(WorkerArgs),
     /// Apply pending database migrations and exit.
@@ -135,6 +135,9 @@ pub enum KeysCommand {
         /// A playbook the client may run, as a glob over catalogue names (`*` within a folder, `**` across); repeat for more. Default: every playbook.
         #[arg(long = "playbooks", value_name = "GLOB")]
         playbooks: Vec<String>,
+        /// A git repository (`git:HOST/PATH`, e.g. 'git:git.example.com/platform/*') or installed role (`role:NAME`) the client may run, as a glob; repeat for more. Default: every source, or none when --playbooks limits the client.
+        #[arg(long = "sources", value_name = "GLOB")]
+        sources: Vec<String>,
         /// What the client may do: a comma-separated list of run, cancel, read. Default: all three.
         #[arg(long, value_name = "LIST")]
         actions: Option<String>,
@@ -166,10 +169,12 @@ impl KeysCommand {
     /// The scopes `keys create` was given, as keys-file words.
     pub fn scope_words(
         playbooks: &[String],
+        sources: &[String],
         actions: &Option<String>,
         jobs: &Option<String>,
     ) -> Vec<String> {
         let mut words: Vec<String> = playbooks.iter().map(|p| format!("playbooks={p}")).collect();
+        words.extend(sources.iter().map(|s| format!("sources={s}")));
         words.extend(actions.iter().map(|a| format!("actions={a}")));
         words.extend(jobs.iter().map(|j| format!("jobs={j}")));
         words
@@ -292,6 +297,49 @@ pub struct RunArgs {
     /// Do not apply migrations at start, only check that the schema is the one this binary knows (run `migrate` separately).
     #[arg(long, env = "NO_MIGRATE", default_value_t = false)]
     pub no_migrate: bool,
+    #[command(flatten)]
+    pub git: GitArgs,
+}
+
+/// Git sources: read by API servers (which repositories a job may name) and
+/// workers (credentials and the cache).
+#[derive(Debug, Args)]
+pub struct GitArgs {
+    /// Providers file (YAML): the git hosts, organisations and credentials jobs may use; unset: no git sources.
+    #[arg(long, env = "GIT_PROVIDERS_FILE")]
+    pub git_providers: Option<PathBuf>,
+    /// Folder of the workers' git mirrors and checkouts (shared by the processes of one host).
+    #[arg(long, env = "GIT_CACHE_DIR", default_value = defaults::GIT_CACHE_DIR)]
+    pub git_cache_dir: PathBuf,
+    /// Seconds during which a fetched ref is resolved again without fetching.
+    #[arg(long, env = "GIT_FETCH_FRESH_SECONDS", default_value_t = defaults::GIT_FETCH_FRESH_SECONDS)]
+    pub git_fetch_fresh_seconds: u64,
+    /// Seconds a fetch may take before the job fails (SOURCE_UNAVAILABLE).
+    #[arg(long, env = "GIT_FETCH_TIMEOUT_SECONDS", default_value_t = defaults::GIT_FETCH_TIMEOUT_SECONDS)]
+    pub git_fetch_timeout_seconds: u64,
+    /// Largest repository (its mirror on disk), in MiB; a larger one fails its jobs (SOURCE_UNAVAILABLE).
+    #[arg(long, env = "GIT_MAX_REPO_MIB", default_value_t = defaults::GIT_MAX_REPO_MIB)]
+    pub git_max_repo_mib: u64,
+    /// Checkouts are evicted, least recently used first, when the cache is larger than this, in MiB.
+    #[arg(long, env = "GIT_CACHE_MAX_MIB", default_value_t = defaults::GIT_CACHE_MAX_MIB)]
+    pub git_cache_max_mib: u64,
+    /// Checkouts unused for this long (e.g. 7d, 12h) are evicted.
+    #[arg(long, env = "GIT_CACHE_MAX_AGE", default_value = defaults::GIT_CACHE_MAX_AGE, value_parser = parse_age)]
+    pub git_cache_max_age: Duration,
+}
+
+impl GitArgs {
+    pub fn settings(&self) -> crate::settings::GitSettings {
+        crate::settings::GitSettings {
+            providers_file: self.git_providers.clone(),
+            cache_dir: self.git_cache_dir.clone(),
+            fetch_fresh_for: Duration::from_secs(self.git_fetch_fresh_seconds),
+            fetch_timeout: Duration::from_secs(self.git_fetch_timeout_seconds),
+            max_repo_bytes: self.git_max_repo_mib.saturating_mul(1 << 20),
+            cache_max_bytes: self.git_cache_max_mib.saturating_mul(1 << 20),
+            cache_max_age: self.git_cache_max_age,
+        }
+    }
 }
 
 /// What a submission may ask for: read by the API server (`serve`) only.
@@ -354,6 +402,7 @@ impl RunArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             connect_timeout: self.store.connect_timeout(),
             migrate: !self.no_migrate,
+            git: self.git.settings(),
             // The rest is the API server's (ServeArgs sets it).
             ..Settings::embedded()
         }

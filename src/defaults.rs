@@ -50,6 +50,19 @@ pub const MAX_EXTRA_VARS_BYTES: usize = 1 << 20;
 pub const MAX_PENDING_PER_CLIENT: usize = 1000;
 
 // ListJobs pages.
+/// Where workers keep git mirrors and checkouts.
+pub const GIT_CACHE_DIR: &str = "data/git-cache";
+/// A ref fetched this recently is not fetched again.
+pub const GIT_FETCH_FRESH_SECONDS: u64 = 60;
+/// A fetch taking longer fails the job (SOURCE_UNAVAILABLE).
+pub const GIT_FETCH_TIMEOUT_SECONDS: u64 = 300;
+/// A repository (its mirror on disk) larger than this fails its jobs.
+pub const GIT_MAX_REPO_MIB: u64 = 1024;
+/// Checkouts are evicted, least recently used first, above this total.
+pub const GIT_CACHE_MAX_MIB: u64 = 8192;
+/// Checkouts unused this long are evicted.
+pub const GIT_CACHE_MAX_AGE: &str = "7d";
+
 pub const PAGE_SIZE: u64 = 20;
 pub const MAX_PAGE_SIZE: u64 = 100;
 

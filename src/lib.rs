@@ -9,7 +9,8 @@
 //! 4. [`retry`], [`metrics`], [`startup`] (waiting for dependencies at
 //!    start), then [`store`] (the history: SeaORM on MariaDB or SQLite),
 //!    [`live`] (live state, dispatch and fan-out: Redis via fred, or
-//!    in-process) and [`catalogue`] (the playbooks that may be run);
+//!    in-process), [`catalogue`] (the playbooks that may be run) and
+//!    [`sources`] (git sources: the workers' cache of mirrors and checkouts);
 //! 5. [`app`]: the use-cases (submit, get, list, watch, cancel, prune), one
 //!    function each, whoever calls them;
 //! 6. [`worker`]: claiming jobs, leases, running playbooks, the sweeper;
@@ -28,6 +29,7 @@ pub mod catalogue;
 pub mod live;
 pub mod metrics;
 pub mod retry;
+pub mod sources;
 pub mod startup;
 pub mod store;
 

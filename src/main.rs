@@ -54,11 +54,12 @@ async fn run(command: Command) -> Result<(), Error> {
             name,
             file,
             playbooks,
+            sources,
             actions,
             jobs,
             certificate,
         }) => {
-            let words = KeysCommand::scope_words(&playbooks, &actions, &jobs);
+            let words = KeysCommand::scope_words(&playbooks, &sources, &actions, &jobs);
             let scopes =
                 ansible_runner_service::domain::Scopes::parse(words.iter().map(String::as_str))
                     .map_err(|e| Error::invalid("scopes", e))?;

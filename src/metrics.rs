@@ -33,6 +33,7 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     pub sweeper_actions: Family<Labels, Counter>,
     pub runs_started: Family<Labels, Counter>,
+    pub git_fetch_seconds: Histogram,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -53,6 +54,7 @@ impl Metrics {
             watch_streams: Gauge::default(),
             sweeper_actions: Family::default(),
             runs_started: Family::default(),
+            git_fetch_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +106,11 @@ impl Metrics {
             "sweeper_actions",
             "What the sweeper did, by action: worker_lost, reclaimed (a taken dispatch its worker never settled), redispatched (a PENDING job queued again)",
             metrics.sweeper_actions.clone(),
+        );
+        registry.register(
+            "git_fetch_seconds",
+            "Time of the git fetches this process made (a cached commit needs none)",
+            metrics.git_fetch_seconds.clone(),
         );
         Metrics {
             registry,

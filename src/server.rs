@@ -2,6 +2,7 @@
 //! use-cases, next to in-process workers and the sweeper, until shutdown.
 //! Shared by `main` and the tests.
 
+use crate::sources::GitCache;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,8 +151,21 @@ pub async fn run_workers(
             settings.kill_grace,
             settings.stdout_cap,
             settings.executor,
+            state.limits.providers.credential_variables(),
         )
         .await;
+        let git = if state.limits.providers.providers.is_empty() {
+            None
+        } else {
+            let cache =
+                GitCache::new(&settings.git, state.limits.providers.clone()).map_err(|e| {
+                    Error::Config(format!(
+                        "--git-cache-dir (GIT_CACHE_DIR) {}: {e}",
+                        settings.git.cache_dir.display()
+                    ))
+                })?;
+            Some(Arc::new(cache))
+        };
         let worker = Worker::new(
             state.store.clone(),
             state.live.clone(),
@@ -162,6 +176,7 @@ pub async fn run_workers(
                 shutdown_grace: settings.shutdown_grace,
             },
             settings.queues.clone(),
+            git,
         );
         worker.run(settings.workers, shutdown.clone()).await;
     } else {

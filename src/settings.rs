@@ -49,6 +49,36 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Apply pending migrations at start (else only check the schema is current).
     pub migrate: bool,
+    /// Git sources: the allowed providers and the workers' cache.
+    pub git: GitSettings,
+}
+
+/// Where git sources may come from, and how workers cache them.
+#[derive(Debug, Clone)]
+pub struct GitSettings {
+    /// The providers file (YAML); unset: no git sources.
+    pub providers_file: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    /// A ref fetched this recently is resolved without the network.
+    pub fetch_fresh_for: Duration,
+    pub fetch_timeout: Duration,
+    pub max_repo_bytes: u64,
+    pub cache_max_bytes: u64,
+    pub cache_max_age: Duration,
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            providers_file: None,
+            cache_dir: PathBuf::from(defaults::GIT_CACHE_DIR),
+            fetch_fresh_for: secs(defaults::GIT_FETCH_FRESH_SECONDS),
+            fetch_timeout: secs(defaults::GIT_FETCH_TIMEOUT_SECONDS),
+            max_repo_bytes: defaults::GIT_MAX_REPO_MIB << 20,
+            cache_max_bytes: defaults::GIT_CACHE_MAX_MIB << 20,
+            cache_max_age: secs(7 * 86_400),
+        }
+    }
 }
 
 /// PEM files for TLS; with a client CA, clients need a certificate it signed.
@@ -86,6 +116,7 @@ impl Settings {
             metrics_listen: None,
             connect_timeout: secs(defaults::CONNECT_TIMEOUT_SECONDS),
             migrate: true,
+            git: GitSettings::default(),
         }
     }
 }

@@ -631,6 +631,7 @@ fn finished_jobs(n: usize, playbook: &str) -> Vec<Job> {
         .map(|i| {
             let spec = JobSpec {
                 playbook: playbook.into(),
+                source: Default::default(),
                 extra_vars: Default::default(),
                 inventory: domain::Inventory::Localhost,
                 options: domain::JobOptions::default(),

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain"],
     &["settings"],
     &["retry", "metrics", "startup"],
-    &["store", "live", "catalogue"],
+    &["store", "live", "catalogue", "sources"],
     &["app"],
     &["worker"],
     &["pb", "grpc"],

@@ -430,6 +430,7 @@ fn submission_of(fields: &Fields) -> Submission {
         request_id: fields.request_id.clone(),
         secret_extra_vars: serde_json::Map::new(),
         queue: fields.queue.clone(),
+        source: Default::default(),
     }
 }
 
@@ -507,6 +508,7 @@ proptest! {
             request_id,
             secret_extra_vars: serde_json::Map::new(),
             queue,
+            source: Default::default(),
         }, &Limits::default());
     }
 }

@@ -36,6 +36,7 @@ mod m20261129_000004_access;
 mod m20261129_000005_exact_match;
 mod m20261202_000001_client_scopes;
 mod m20261202_000002_queues;
+mod m20261202_000003_git_sources;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_exact_match::Migration),
             Box::new(m20261202_000001_client_scopes::Migration),
             Box::new(m20261202_000002_queues::Migration),
+            Box::new(m20261202_000003_git_sources::Migration),
         ]
     }
 }

@@ -40,6 +40,25 @@ pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
 /// (a submit after its commit, a read before it asks the history).
 pub(crate) const LIVE_WAIT: Duration = Duration::from_millis(defaults::LIVE_WAIT_MS);
 
+/// The providers file, read and checked; none configured: no git sources.
+pub fn load_providers(settings: &Settings) -> Result<crate::domain::Providers, Error> {
+    let Some(path) = &settings.git.providers_file else {
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "--git-providers (GIT_PROVIDERS_FILE) {}: {e}",
+            path.display()
+        ))
+    })?;
+    crate::domain::Providers::parse(&text).map_err(|e| {
+        Error::Config(format!(
+            "--git-providers (GIT_PROVIDERS_FILE) {}: {e}; see the README's \"Git sources\"",
+            path.display()
+        ))
+    })
+}
+
 /// What request handlers share.
 pub struct AppState {
     pub store: Store,
@@ -60,6 +79,8 @@ impl AppState {
     /// `connect_timeout` for each to be reachable.
     pub async fn connect(settings: &Settings) -> Result<Arc<AppState>, Error> {
         let catalogue = Catalogue::open(&settings.playbooks_dir)?;
+        let mut limits = settings.limits.clone();
+        limits.providers = Arc::new(load_providers(settings)?);
         let store = connect_store(&settings.database_url, settings.connect_timeout).await?;
         if settings.migrate {
             store.migrate().await?;
@@ -80,7 +101,7 @@ impl AppState {
             store,
             live,
             catalogue,
-            limits: settings.limits.clone(),
+            limits,
             cancel_wait: settings.kill_grace
                 + Duration::from_secs(defaults::CANCEL_WAIT_EXTRA_SECONDS),
             page_key,

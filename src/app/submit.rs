@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{AppState, LIVE_WAIT};
+use crate::domain::source::repo_scope_name;
 use crate::domain::validate::{self, Submission};
-use crate::domain::{Action, Caller, Error, Job};
+use crate::domain::{Action, Caller, Error, Inventory, Job};
 
 /// How long a removal of secrets whose write failed may wait for the live
 /// state to come back.
@@ -57,8 +58,16 @@ impl AppState {
     ) -> Result<Job, Error> {
         caller.require(Action::Run)?;
         let valid = validate::submission(submission, &self.limits)?;
-        caller.require_playbook(&valid.spec.playbook)?;
-        self.catalogue.resolve(&valid.spec.playbook)?;
+        match valid.spec.source.scope_name() {
+            None => {
+                caller.require_playbook(&valid.spec.playbook)?;
+                self.catalogue.resolve(&valid.spec.playbook)?;
+            }
+            Some(name) => caller.require_source(&name)?,
+        }
+        if let Inventory::Git(file) = &valid.spec.inventory {
+            caller.require_source(&repo_scope_name(&file.repo))?;
+        }
         let mut job = Job::new(
             valid.spec,
             valid.request_id,
@@ -114,7 +123,8 @@ impl AppState {
             },
         };
         if created {
-            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, client, "job submitted");
+            let source = job.spec.source.label().unwrap_or_default();
+            tracing::info!(job_id = %job.id, playbook = %job.spec.playbook, source, client, "job submitted");
             crash_point("after_commit");
             crate::metrics::get().jobs_submitted.inc();
             // The job is committed: from here a failure of the live state only

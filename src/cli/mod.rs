@@ -69,7 +69,7 @@ pub enum ColorChoice {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Run a playbook and follow it live; exits 0 when it succeeds, 2 when it fails.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a job.
     Get {
         /// The job's id.
@@ -122,8 +122,38 @@ impl ClientCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The playbook's name in the catalogue, e.g. hello.yml.
-    pub playbook: String,
+    /// The playbook's name in the catalogue, e.g. hello.yml; with --git, its path in the repository.
+    #[arg(required_unless_present = "role")]
+    pub playbook: Option<String>,
+    /// Run the playbook from this git repository (of a provider the server allows), e.g. https://git.example.com/team/automation.git; with --role, the repository of the role's collection.
+    #[arg(long, value_name = "REPO")]
+    pub git: Option<String>,
+    /// With --git: the branch, tag or full commit id; unset: the repository's default branch.
+    #[arg(long = "ref", value_name = "REF", requires = "git")]
+    pub git_ref: Option<String>,
+    /// Run this role (namespace.collection.role, or the role's name inside the --git collection) instead of a playbook.
+    #[arg(long, value_name = "NAME", conflicts_with = "playbook")]
+    pub role: Option<String>,
+    /// With --role: the role's variables (as -e takes them); repeatable.
+    #[arg(long = "role-vars", value_name = "VARS", requires = "role")]
+    pub role_vars: Vec<String>,
+    /// With --role: gather facts first.
+    #[arg(long, requires = "role")]
+    pub gather_facts: bool,
+    /// Take the inventory file from this git repository (with --inventory-file).
+    #[arg(
+        long,
+        value_name = "REPO",
+        requires = "inventory_file",
+        conflicts_with = "inventory"
+    )]
+    pub inventory_repo: Option<String>,
+    /// With --inventory-repo: the branch, tag or commit; unset: the default branch.
+    #[arg(long, value_name = "REF", requires = "inventory_repo")]
+    pub inventory_ref: Option<String>,
+    /// With --inventory-repo: the inventory file's path in the repository.
+    #[arg(long, value_name = "PATH", requires = "inventory_repo")]
+    pub inventory_file: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// Extra variables, as ansible-playbook takes them: KEY=VALUE (VALUE may be JSON), a JSON object, or @FILE of JSON or YAML; repeatable, later ones win.
@@ -478,11 +508,44 @@ fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
             .filter(|t| !t.is_empty())
             .collect()
     };
+    let role_vars = parse_vars("--role-vars", &run.role_vars, false)?;
+    let git_ref = run.git_ref.clone().unwrap_or_default();
+    let (playbook, source) = match (&run.role, &run.git) {
+        (Some(role), repo) => (
+            String::new(),
+            Some(pb::submit_job_request::Source::Role(pb::RoleSource {
+                name: role.clone(),
+                repo: repo.clone().unwrap_or_default(),
+                r#ref: git_ref,
+                role_vars: Some(json_to_struct(&role_vars)),
+                gather_facts: run.gather_facts,
+            })),
+        ),
+        (None, Some(repo)) => (
+            String::new(),
+            Some(pb::submit_job_request::Source::GitPlaybook(pb::GitFile {
+                repo: repo.clone(),
+                r#ref: git_ref,
+                path: run.playbook.clone().unwrap_or_default(),
+            })),
+        ),
+        (None, None) => (run.playbook.clone().unwrap_or_default(), None),
+    };
+    let inventory = match (&run.inventory, &run.inventory_repo) {
+        (Some(hosts), _) => Some(pb::inventory::Source::Hosts(hosts.clone())),
+        (None, Some(repo)) => Some(pb::inventory::Source::Git(pb::GitFile {
+            repo: repo.clone(),
+            r#ref: run.inventory_ref.clone().unwrap_or_default(),
+            path: run.inventory_file.clone().unwrap_or_default(),
+        })),
+        (None, None) => None,
+    };
     Ok(pb::SubmitJobRequest {
-        playbook: run.playbook.clone(),
+        playbook,
+        source,
         extra_vars: Some(json_to_struct(&vars)),
-        inventory: run.inventory.clone().map(|hosts| pb::Inventory {
-            source: Some(pb::inventory::Source::Hosts(hosts)),
+        inventory: inventory.map(|source| pb::Inventory {
+            source: Some(source),
         }),
         options: Some(pb::JobOptions {
             check: run.check,

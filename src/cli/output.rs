@@ -107,6 +107,25 @@ fn duration(job: &pb::Job) -> String {
     }
 }
 
+/// What the job runs, in a few words: the catalogue playbook, the git
+/// playbook's path (and commit, once resolved) or the role.
+pub fn what_runs(job: &pb::Job) -> String {
+    let at = |commit: &str| {
+        if commit.is_empty() {
+            String::new()
+        } else {
+            format!("@{}", &commit[..commit.len().min(12)])
+        }
+    };
+    if let Some(git) = &job.git_playbook {
+        return format!("{}{}", git.path, at(&job.source_commit));
+    }
+    if let Some(role) = &job.role {
+        return format!("role {}{}", role.name, at(&job.source_commit));
+    }
+    job.playbook.clone()
+}
+
 pub fn job_table(jobs: &[pb::Job], painter: &Painter) -> String {
     let mut out = format!(
         "{:<36}  {:<10}  {:<24}  {:<19}  {}\n",
@@ -119,7 +138,7 @@ pub fn job_table(jobs: &[pb::Job], painter: &Painter) -> String {
             "{:<36}  {}{pad}  {:<24}  {:<19}  {}\n",
             job.job_id,
             painter.status(job.status),
-            job.playbook,
+            what_runs(job),
             time(&job.created_at),
             duration(job)
         ));
@@ -137,6 +156,64 @@ pub fn job_details(job: &pb::Job) -> String {
         time(&job.started_at),
         time(&job.finished_at)
     );
+    let resolved = |commit: &str, reference: &str| match (commit, reference) {
+        ("", _) => "(resolved when the run starts)".to_owned(),
+        (commit, "") => commit.to_owned(),
+        (commit, reference) => format!("{commit} ({reference})"),
+    };
+    if let Some(git) = &job.git_playbook {
+        out.push_str(&format!(
+            "source:    {} {} at {}
+commit:    {}
+",
+            git.repo,
+            git.path,
+            if git.r#ref.is_empty() {
+                "HEAD"
+            } else {
+                &git.r#ref
+            },
+            resolved(&job.source_commit, &job.source_ref)
+        ));
+    }
+    if let Some(role) = &job.role {
+        out.push_str(&format!(
+            "role:      {}
+",
+            role.name
+        ));
+        if !role.repo.is_empty() {
+            out.push_str(&format!(
+                "source:    {} at {}
+commit:    {}
+",
+                role.repo,
+                if role.r#ref.is_empty() {
+                    "HEAD"
+                } else {
+                    &role.r#ref
+                },
+                resolved(&job.source_commit, &job.source_ref)
+            ));
+        }
+    }
+    if let Some(pb::inventory::Source::Git(git)) =
+        job.inventory.as_ref().and_then(|i| i.source.as_ref())
+    {
+        out.push_str(&format!(
+            "inventory: {} {} at {}
+           commit {}
+",
+            git.repo,
+            git.path,
+            if git.r#ref.is_empty() {
+                "HEAD"
+            } else {
+                &git.r#ref
+            },
+            resolved(&job.inventory_commit, "")
+        ));
+    }
     if !job.error.is_empty() {
         out.push_str(&format!(
             "error:     {} ({})\n",
@@ -172,7 +249,25 @@ pub fn job_json(job: &pb::Job) -> Value {
         Some(pb::inventory::Source::Inline(doc)) => {
             json!({ "inline": structure(&Some(doc.clone())) })
         }
+        Some(pb::inventory::Source::Git(git)) => {
+            json!({ "git": {"repo": git.repo, "ref": git.r#ref, "path": git.path} })
+        }
         None => Value::Null,
+    };
+    let git_playbook = job
+        .git_playbook
+        .as_ref()
+        .map(|g| json!({"repo": g.repo, "ref": g.r#ref, "path": g.path}));
+    let role = job.role.as_ref().map(|r| {
+        json!({"name": r.name, "repo": r.repo, "ref": r.r#ref,
+            "role_vars": structure(&r.role_vars), "gather_facts": r.gather_facts})
+    });
+    let text_or_null = |s: &str| {
+        if s.is_empty() {
+            Value::Null
+        } else {
+            Value::String(s.to_owned())
+        }
     };
     let options = job.options.as_ref().map(|o| {
         json!({"check": o.check, "diff": o.diff, "tags": o.tags, "skip_tags": o.skip_tags,
@@ -191,6 +286,11 @@ pub fn job_json(job: &pb::Job) -> Value {
         "job_id": job.job_id,
         "status": status_name(job.status),
         "playbook": job.playbook,
+        "git_playbook": git_playbook,
+        "role": role,
+        "source_commit": text_or_null(&job.source_commit),
+        "source_ref": text_or_null(&job.source_ref),
+        "inventory_commit": text_or_null(&job.inventory_commit),
         "extra_vars": structure(&job.extra_vars),
         "has_secret_extra_vars": job.has_secret_extra_vars,
         "inventory": inventory,

@@ -1,8 +1,11 @@
 //! Who may do what: a caller (an API key's or a client certificate's client)
 //! and its scopes. Scopes say which playbooks a client may run (glob patterns
-//! over catalogue names), what it may do (`run`, `cancel`, `read`) and whose
-//! jobs it sees (`own` or `all`). A client without scopes may do everything,
-//! as before scopes existed.
+//! over catalogue names), which git repositories and installed roles it may
+//! run (`sources=`, glob patterns over `git:HOST/PATH` and `role:NAME`), what
+//! it may do (`run`, `cancel`, `read`) and whose jobs it sees (`own` or
+//! `all`). A client without scopes may do everything, as before scopes
+//! existed; a client limited to some playbooks runs no git source or role
+//! unless `sources=` allows it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -56,6 +59,9 @@ pub enum Visibility {
 pub struct Scopes {
     /// Glob patterns of the playbooks it may run; None: every playbook.
     playbooks: Option<(Vec<String>, GlobSet)>,
+    /// Glob patterns of the sources (git repositories, installed roles) it
+    /// may run; None: every source.
+    sources: Option<(Vec<String>, GlobSet)>,
     actions: u8,
     jobs: Visibility,
 }
@@ -77,6 +83,7 @@ impl Scopes {
     pub fn full() -> Scopes {
         Scopes {
             playbooks: None,
+            sources: None,
             actions: Action::ALL.iter().map(|a| a.bit()).sum(),
             jobs: Visibility::All,
         }
@@ -88,15 +95,20 @@ impl Scopes {
     pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Scopes, String> {
         let mut scopes = Scopes::full();
         let mut patterns: Vec<String> = Vec::new();
+        let mut source_patterns: Vec<String> = Vec::new();
         let mut actions_given = false;
         for word in words {
             let (name, value) = word.split_once('=').ok_or_else(|| {
-                format!("scope {word:?}: expected playbooks=GLOB, actions=LIST or jobs=own|all")
+                format!("scope {word:?}: expected playbooks=GLOB, sources=GLOB, actions=LIST or jobs=own|all")
             })?;
             match name {
                 "playbooks" => {
-                    glob(value)?;
+                    glob(name, value)?;
                     patterns.push(value.to_owned());
+                }
+                "sources" => {
+                    glob(name, value)?;
+                    source_patterns.push(value.to_owned());
                 }
                 "actions" => {
                     if !actions_given {
@@ -122,18 +134,17 @@ impl Scopes {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown scope {name:?}: expected playbooks, actions or jobs"
+                        "unknown scope {name:?}: expected playbooks, sources, actions or jobs"
                     ))
                 }
             }
         }
-        if !patterns.is_empty() {
-            let mut set = GlobSetBuilder::new();
-            for pattern in &patterns {
-                set.add(glob(pattern)?);
-            }
-            let set = set.build().map_err(|e| e.to_string())?;
-            scopes.playbooks = Some((patterns, set));
+        let limited = !patterns.is_empty();
+        scopes.playbooks = glob_set("playbooks", patterns)?;
+        scopes.sources = glob_set("sources", source_patterns)?;
+        if limited && scopes.sources.is_none() {
+            // Limited to some playbooks: no git source or role either.
+            scopes.sources = Some((Vec::new(), GlobSet::empty()));
         }
         Ok(scopes)
     }
@@ -143,6 +154,9 @@ impl Scopes {
         let mut words = Vec::new();
         if let Some((patterns, _)) = &self.playbooks {
             words.extend(patterns.iter().map(|p| format!("playbooks={p}")));
+        }
+        if let Some((patterns, _)) = &self.sources {
+            words.extend(patterns.iter().map(|p| format!("sources={p}")));
         }
         if self.actions != Scopes::full().actions {
             let actions: Vec<&str> = Action::ALL
@@ -170,20 +184,42 @@ impl Scopes {
         }
     }
 
+    /// Whether a source (`git:HOST/PATH`, `role:NAME`) is one this client
+    /// may run.
+    pub fn may_run_source(&self, name: &str) -> bool {
+        match &self.sources {
+            None => true,
+            Some((_, set)) => set.is_match(name),
+        }
+    }
+
     pub fn jobs(&self) -> Visibility {
         self.jobs
     }
 }
 
-/// A catalogue-name pattern: `*` stays within a folder, `**` crosses them.
-fn glob(pattern: &str) -> Result<Glob, String> {
+/// The patterns as one set; None when there are none.
+fn glob_set(scope: &str, patterns: Vec<String>) -> Result<Option<(Vec<String>, GlobSet)>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for pattern in &patterns {
+        set.add(glob(scope, pattern)?);
+    }
+    let set = set.build().map_err(|e| e.to_string())?;
+    Ok(Some((patterns, set)))
+}
+
+/// A name pattern: `*` stays within a folder, `**` crosses them.
+fn glob(scope: &str, pattern: &str) -> Result<Glob, String> {
     if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("playbooks={pattern:?}: a glob without whitespace"));
+        return Err(format!("{scope}={pattern:?}: a glob without whitespace"));
     }
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| format!("playbooks={pattern}: {e}"))
+        .map_err(|e| format!("{scope}={pattern}: {e}"))
 }
 
 /// Who is calling: the client of an API key or a client certificate (None
@@ -247,6 +283,20 @@ impl Caller {
         })
     }
 
+    /// PERMISSION_DENIED unless the caller may run this git source or role.
+    pub fn require_source(&self, name: &str) -> Result<(), Error> {
+        if self.scopes.may_run_source(name) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            reason: "SOURCE_NOT_PERMITTED",
+            message: format!(
+                "client {} may not run {name:?} (its key's sources= scopes do not allow it)",
+                self.label()
+            ),
+        })
+    }
+
     /// Whether the caller sees this job: every job, or only its own.
     pub fn sees(&self, job: &Job) -> bool {
         match self.scopes.jobs() {
@@ -295,12 +345,32 @@ mod tests {
             scopes
         );
         assert!(Scopes::full().words().is_empty());
+        assert!(
+            !scopes.may_run_source("git:git.example.com/platform/a.git"),
+            "a key limited to playbooks runs no git source"
+        );
+        let git = Scopes::parse([
+            "playbooks=hello.yml",
+            "sources=git:git.example.com/platform/*",
+        ])
+        .unwrap();
+        assert!(git.may_run_source("git:git.example.com/platform/a.git"));
+        assert!(!git.may_run_source("git:git.example.com/other/a.git"));
+        assert!(!git.may_run_source("role:acme.web.nginx"));
+        assert_eq!(
+            Scopes::parse(git.words().iter().map(String::as_str)).unwrap(),
+            git
+        );
+        assert!(Scopes::parse(["actions=run"])
+            .unwrap()
+            .may_run_source("role:x"));
         for bad in [
             "actions=delete",
             "jobs=some",
             "colour=red",
             "playbooks=",
             "playbooks=a[",
+            "sources=",
             "x",
         ] {
             assert!(Scopes::parse([bad]).is_err(), "{bad} accepted");

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::source::{GitFile, Source};
+
 /// A job's place in its life; terminal states are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -92,10 +94,17 @@ pub enum ErrorReason {
     SecretsLost,
     /// The playbook could not be started (executor missing, I/O error, ...).
     ExecutorError,
+    /// A git repository could not be fetched: unreachable, credentials
+    /// refused, clone timeout or size limit.
+    SourceUnavailable,
+    /// The git ref, the path inside the repository or the role is not there.
+    SourceNotFound,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 7] = [
+    pub const ALL: [ErrorReason; 9] = [
+        ErrorReason::SourceUnavailable,
+        ErrorReason::SourceNotFound,
         ErrorReason::SecretsLost,
         ErrorReason::PlaybookFailed,
         ErrorReason::WorkerLost,
@@ -114,6 +123,8 @@ impl ErrorReason {
             ErrorReason::Shutdown => "SHUTDOWN",
             ErrorReason::SecretsLost => "SECRETS_LOST",
             ErrorReason::ExecutorError => "EXECUTOR_ERROR",
+            ErrorReason::SourceUnavailable => "SOURCE_UNAVAILABLE",
+            ErrorReason::SourceNotFound => "SOURCE_NOT_FOUND",
         }
     }
 
@@ -125,7 +136,9 @@ impl ErrorReason {
             ErrorReason::PlaybookFailed
             | ErrorReason::WorkerLost
             | ErrorReason::ExecutorError
-            | ErrorReason::SecretsLost => JobStatus::Failed,
+            | ErrorReason::SecretsLost
+            | ErrorReason::SourceUnavailable
+            | ErrorReason::SourceNotFound => JobStatus::Failed,
         }
     }
 }
@@ -150,6 +163,8 @@ pub enum Inventory {
     Hosts(Vec<String>),
     /// A YAML-inventory-shaped document: `{all: {hosts: .., children: ..}}`.
     Inline(Map<String, Value>),
+    /// An inventory file in a git repository of an allowed provider.
+    Git(GitFile),
 }
 
 /// The usual ansible-playbook options.
@@ -167,7 +182,11 @@ pub struct JobOptions {
 /// What a caller asked to run; fixed once the job is committed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
+    /// The catalogue playbook; empty when `source` names another.
     pub playbook: String,
+    /// What the job runs: the catalogue playbook, or a git playbook or a role.
+    #[serde(default)]
+    pub source: Source,
     pub extra_vars: Map<String, Value>,
     pub inventory: Inventory,
     pub options: JobOptions,
@@ -223,6 +242,26 @@ pub struct Job {
     /// The queue (worker group) whose workers may run the job.
     #[serde(default = "default_queue")]
     pub queue: String,
+    /// What the job's git sources resolved to when its run started.
+    #[serde(default)]
+    pub resolved: Resolved,
+}
+
+/// The commits a run's git sources resolved to (recorded when it starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The git playbook's or the role repository's full commit id.
+    pub source_commit: Option<String>,
+    /// The full ref name it came from (`refs/heads/main`, or the commit id).
+    pub source_ref: Option<String>,
+    /// The git inventory's full commit id.
+    pub inventory_commit: Option<String>,
+}
+
+impl Resolved {
+    pub fn is_empty(&self) -> bool {
+        self == &Resolved::default()
+    }
 }
 
 fn default_queue() -> String {
@@ -248,6 +287,7 @@ impl Job {
             has_secrets: self.has_secrets,
             canceled_by: self.canceled_by.clone(),
             queue: self.queue.clone(),
+            resolved: self.resolved.clone(),
         }
     }
 
@@ -264,6 +304,7 @@ impl Job {
             has_secrets: false,
             canceled_by: None,
             queue: default_queue(),
+            resolved: Resolved::default(),
             request_id,
             status: JobStatus::Pending,
             spec,

@@ -4,10 +4,12 @@
 pub mod access;
 mod error;
 mod job;
+pub mod source;
 mod transition;
 pub mod validate;
 
 pub use access::{Action, Caller, Scopes, Visibility};
 pub use error::{error_chain, Error, FieldViolation};
 pub use job::*;
+pub use source::{GitFile, Providers, RoleSource, Source};
 pub use transition::{Lost, RunEnd};

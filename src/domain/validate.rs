@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::defaults;
 
+use super::source::{self as src, GitFile, Providers, RoleSource, Source};
 use super::{Error, FieldViolation, Inventory, JobOptions, JobSpec};
 
 /// Configurable bounds on a submission.
@@ -22,6 +23,8 @@ pub struct Limits {
     pub allow_ansible_vars: bool,
     /// PENDING jobs one client may have; 0: no cap.
     pub max_pending_per_client: usize,
+    /// The git providers repositories may come from (none: no git sources).
+    pub providers: std::sync::Arc<Providers>,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_extra_vars_bytes: defaults::MAX_EXTRA_VARS_BYTES,
             allow_ansible_vars: false,
             max_pending_per_client: defaults::MAX_PENDING_PER_CLIENT,
+            providers: Default::default(),
         }
     }
 }
@@ -45,6 +49,25 @@ pub enum RawInventory {
     Unset,
     Hosts(String),
     Inline(Map<String, Value>),
+    Git(RawGitFile),
+}
+
+/// A file in git as the caller named it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct RawGitFile {
+    pub repo: String,
+    pub git_ref: String,
+    pub path: String,
+}
+
+/// What to run, as the caller named it, before validation.
+#[derive(Debug, Clone, Default)]
+pub enum RawSource {
+    /// `Submission::playbook`, from the catalogue.
+    #[default]
+    Catalogue,
+    GitPlaybook(RawGitFile),
+    Role(RoleSource),
 }
 
 /// A SubmitJob request in domain terms, before validation.
@@ -59,6 +82,7 @@ pub struct Submission {
     pub secret_extra_vars: Map<String, Value>,
     /// The queue (worker group) to run on; empty for the default.
     pub queue: String,
+    pub source: RawSource,
 }
 
 /// A submission that passed every rule.
@@ -113,7 +137,48 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
         }
     };
 
-    check("playbook", playbook_name(&sub.playbook));
+    let source = match sub.source {
+        RawSource::Catalogue => {
+            check("playbook", playbook_name(&sub.playbook));
+            Some(Source::Catalogue)
+        }
+        RawSource::GitPlaybook(file) => {
+            if !sub.playbook.is_empty() {
+                check(
+                    "playbook",
+                    Err("must be empty when git_playbook is given".into()),
+                );
+            }
+            let file = git_file("git_playbook", file, &limits.providers, &mut check);
+            if let Some(file) = &file {
+                if !(file.path.ends_with(".yml") || file.path.ends_with(".yaml")) {
+                    check("git_playbook.path", Err("must end in .yml or .yaml".into()));
+                }
+            }
+            file.map(Source::GitPlaybook)
+        }
+        RawSource::Role(mut role) => {
+            if !sub.playbook.is_empty() {
+                check("playbook", Err("must be empty when role is given".into()));
+            }
+            check("role.name", src::role_name(&role.name));
+            check("role.role_vars", extra_vars(&role.role_vars, limits));
+            if role.repo.is_empty() {
+                if !role.git_ref.is_empty() {
+                    check("role.ref", Err("needs role.repo".into()));
+                }
+                Some(Source::Role(role))
+            } else {
+                match limits.providers.allow(&role.repo) {
+                    Ok((_, url)) => role.repo = url.to_string(),
+                    Err(e) => check("role.repo", Err(e)),
+                }
+                check("role.ref", src::git_ref(&role.git_ref));
+                role.git_ref = normal_ref(role.git_ref);
+                Some(Source::Role(role))
+            }
+        }
+    };
     check("request_id", request_id(&sub.request_id));
     if !sub.queue.is_empty() {
         check("queue", queue_name(&sub.queue));
@@ -175,10 +240,18 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
                 None
             }
         },
+        RawInventory::Git(file) => {
+            let mut check = |field: &str, result: Result<(), String>| {
+                if let Err(description) = result {
+                    violations.push(FieldViolation::new(field, description));
+                }
+            };
+            git_file("inventory.git", file, &limits.providers, &mut check).map(Inventory::Git)
+        }
     };
 
-    match inventory {
-        Some(inventory) if violations.is_empty() => {
+    match (inventory, source) {
+        (Some(inventory), Some(source)) if violations.is_empty() => {
             let timeout_seconds = if sub.timeout_seconds == 0 {
                 limits.default_timeout_seconds
             } else {
@@ -188,6 +261,7 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
             Ok(Validated {
                 spec: JobSpec {
                     playbook: sub.playbook,
+                    source,
                     extra_vars: sub.extra_vars,
                     inventory,
                     options: sub.options,
@@ -203,6 +277,39 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
             })
         }
         _ => Err(Error::InvalidArgument(violations)),
+    }
+}
+
+/// A file in git: an allowed repository (in canonical form), a ref as git
+/// takes it, a path inside the repository.
+fn git_file(
+    field: &str,
+    raw: RawGitFile,
+    providers: &Providers,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<GitFile> {
+    let repo = providers.allow(&raw.repo).map(|(_, url)| url.to_string());
+    let ok =
+        repo.is_ok() && src::git_ref(&raw.git_ref).is_ok() && src::path_in_repo(&raw.path).is_ok();
+    check(
+        &format!("{field}.repo"),
+        repo.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    check(&format!("{field}.ref"), src::git_ref(&raw.git_ref));
+    check(&format!("{field}.path"), src::path_in_repo(&raw.path));
+    ok.then(|| GitFile {
+        repo: repo.unwrap_or_default(),
+        git_ref: normal_ref(raw.git_ref),
+        path: raw.path,
+    })
+}
+
+/// Commit ids in lowercase, so that the same commit is the same request.
+fn normal_ref(r: String) -> String {
+    if src::is_commit_id(&r) {
+        r.to_ascii_lowercase()
+    } else {
+        r
     }
 }
 

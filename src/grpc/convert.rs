@@ -5,8 +5,8 @@ use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value as PbValue};
 use serde_json::{Map, Number, Value};
 
 use crate::app::{StatusFilter, WatchItem};
-use crate::domain::validate::{RawInventory, Submission};
-use crate::domain::{Inventory, Job, JobEvent, JobOptions, JobStatus};
+use crate::domain::validate::{RawGitFile, RawInventory, RawSource, Submission};
+use crate::domain::{GitFile, Inventory, Job, JobEvent, JobOptions, JobStatus, RoleSource, Source};
 use crate::pb;
 
 /// Largest integer a double holds exactly (2^53).
@@ -159,6 +159,39 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         has_secret_extra_vars: job.has_secrets,
         canceled_by: job.canceled_by.clone().unwrap_or_default(),
         queue: job.queue.clone(),
+        git_playbook: match &spec.source {
+            Source::GitPlaybook(file) => Some(git_file_to_pb(file)),
+            _ => None,
+        },
+        role: match &spec.source {
+            Source::Role(role) => Some(pb::RoleSource {
+                name: role.name.clone(),
+                repo: role.repo.clone(),
+                r#ref: role.git_ref.clone(),
+                role_vars: Some(json_to_struct(&role.role_vars)),
+                gather_facts: role.gather_facts,
+            }),
+            _ => None,
+        },
+        source_commit: job.resolved.source_commit.clone().unwrap_or_default(),
+        source_ref: job.resolved.source_ref.clone().unwrap_or_default(),
+        inventory_commit: job.resolved.inventory_commit.clone().unwrap_or_default(),
+    }
+}
+
+fn git_file_to_pb(file: &GitFile) -> pb::GitFile {
+    pb::GitFile {
+        repo: file.repo.clone(),
+        r#ref: file.git_ref.clone(),
+        path: file.path.clone(),
+    }
+}
+
+fn git_file_from_pb(file: pb::GitFile) -> RawGitFile {
+    RawGitFile {
+        repo: file.repo,
+        git_ref: file.r#ref,
+        path: file.path,
     }
 }
 
@@ -169,6 +202,7 @@ fn inventory_to_pb(inventory: &Inventory) -> pb::Inventory {
             Inventory::Localhost => None,
             Inventory::Hosts(hosts) => Some(Source::Hosts(hosts.join(","))),
             Inventory::Inline(doc) => Some(Source::Inline(json_to_struct(doc))),
+            Inventory::Git(file) => Some(Source::Git(git_file_to_pb(file))),
         },
     }
 }
@@ -195,6 +229,7 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
             None => RawInventory::Unset,
             Some(Source::Hosts(hosts)) => RawInventory::Hosts(hosts),
             Some(Source::Inline(doc)) => RawInventory::Inline(struct_to_json(doc)),
+            Some(Source::Git(file)) => RawInventory::Git(git_file_from_pb(file)),
         },
         options: JobOptions {
             check: options.check,
@@ -212,6 +247,19 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
             .map(struct_to_json)
             .unwrap_or_default(),
         queue: req.queue,
+        source: match req.source {
+            None => RawSource::Catalogue,
+            Some(pb::submit_job_request::Source::GitPlaybook(file)) => {
+                RawSource::GitPlaybook(git_file_from_pb(file))
+            }
+            Some(pb::submit_job_request::Source::Role(role)) => RawSource::Role(RoleSource {
+                name: role.name,
+                repo: role.repo,
+                git_ref: role.r#ref,
+                role_vars: role.role_vars.map(struct_to_json).unwrap_or_default(),
+                gather_facts: role.gather_facts,
+            }),
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use sea_orm::ActiveValue::Set;
 use super::entities::jobs;
 use uuid::Uuid;
 
-use crate::domain::{from_micros, to_micros, Error, HostStats, Job, JobResult};
+use crate::domain::{from_micros, to_micros, Error, HostStats, Job, JobResult, Resolved, Source};
 
 /// Largest piece of stdout stored in one row (and one statement).
 pub(super) const OUTPUT_CHUNK: usize = 1 << 20;
@@ -68,6 +68,13 @@ pub(super) fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         canceled_by: Set(job.canceled_by.clone()),
         request_scope: Set(job.submitted_by.clone().unwrap_or_default()),
         queue: Set(job.queue.clone()),
+        source: Set(match &job.spec.source {
+            Source::Catalogue => None,
+            source => Some(json("source", serde_json::to_string(source))?),
+        }),
+        source_commit: Set(job.resolved.source_commit.clone()),
+        source_ref: Set(job.resolved.source_ref.clone()),
+        inventory_commit: Set(job.resolved.inventory_commit.clone()),
     })
 }
 
@@ -92,6 +99,10 @@ pub(super) fn from_row(row: jobs::Model) -> Result<Job, Error> {
         status: row.status.parse().map_err(|e| corrupt("status", e))?,
         spec: crate::domain::JobSpec {
             playbook: row.playbook.clone(),
+            source: match &row.source {
+                Some(s) => serde_json::from_str(s).map_err(|e| corrupt("source", e.to_string()))?,
+                None => Source::Catalogue,
+            },
             extra_vars: serde_json::from_str(&row.extra_vars)
                 .map_err(|e| corrupt("extra_vars", e.to_string()))?,
             inventory: serde_json::from_str(&row.inventory)
@@ -114,6 +125,11 @@ pub(super) fn from_row(row: jobs::Model) -> Result<Job, Error> {
         has_secrets: row.has_secrets,
         canceled_by: row.canceled_by.clone(),
         queue: row.queue.clone(),
+        resolved: Resolved {
+            source_commit: row.source_commit.clone(),
+            source_ref: row.source_ref.clone(),
+            inventory_commit: row.inventory_commit.clone(),
+        },
     })
 }
 

@@ -15,7 +15,7 @@ use super::entities::job_output;
 use super::entities::jobs::{self, Column};
 use super::rows::{utf8_chunks, OUTPUT_CHUNK};
 use super::{db_error, Store};
-use crate::domain::{to_micros, Error, Job, JobStatus, Lost, Outcome};
+use crate::domain::{to_micros, Error, Job, JobStatus, Lost, Outcome, Resolved};
 
 /// A run whose process group is on record (see `runs_on_host`).
 #[derive(Debug, Clone)]
@@ -153,6 +153,31 @@ impl Store {
             .exec(&self.db)
             .await
             .map_err(|e| db_error("record process group", e))?;
+        Ok(updated.rows_affected == 1)
+    }
+
+    /// Records what the run's git sources resolved to, fenced by the claim.
+    pub async fn record_resolved(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        worker_id: &str,
+        resolved: &Resolved,
+    ) -> Result<bool, Error> {
+        let updated = jobs::Entity::update_many()
+            .col_expr(
+                Column::SourceCommit,
+                Expr::value(resolved.source_commit.clone()),
+            )
+            .col_expr(Column::SourceRef, Expr::value(resolved.source_ref.clone()))
+            .col_expr(
+                Column::InventoryCommit,
+                Expr::value(resolved.inventory_commit.clone()),
+            )
+            .filter(Self::fenced(id, attempt, worker_id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| db_error("record the resolved sources", e))?;
         Ok(updated.rows_affected == 1)
     }
 

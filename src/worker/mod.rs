@@ -6,12 +6,14 @@
 mod executor;
 mod mask;
 mod orphans;
+mod prepare;
 mod processes;
 mod run;
 mod sweeper;
 mod unsafe_yaml;
 mod warm;
 
+use crate::sources::GitCache;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +54,8 @@ pub struct Worker {
     pub(crate) host: String,
     /// The queues (worker groups) this worker takes jobs from.
     pub(crate) queues: Vec<String>,
+    /// Git sources' cache; None without a providers file.
+    pub(crate) git: Option<Arc<GitCache>>,
 }
 
 impl Worker {
@@ -71,6 +75,7 @@ impl Worker {
         executor: Executor,
         timing: WorkerTiming,
         queues: Vec<String>,
+        git: Option<Arc<GitCache>>,
     ) -> Arc<Worker> {
         let host = hostname::get()
             .ok()
@@ -90,6 +95,7 @@ impl Worker {
             id,
             host,
             queues,
+            git,
         })
     }
 

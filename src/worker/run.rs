@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::executor::{RawEvent, RunOutput, StopReason};
 use super::{ExecError, Masker, Worker};
 use crate::domain::RunEnd;
-use crate::domain::{Error, ErrorReason, Job, JobEvent, Outcome};
+use crate::domain::{Error, ErrorReason, Job, JobEvent, Outcome, Resolved};
 use crate::live::LiveMessage;
 use serde_json::{Map, Value};
 
@@ -57,45 +57,82 @@ impl Worker {
         let mut spec = job.spec.clone();
         spec.extra_vars.extend(secrets);
 
-        let output = match self.catalogue.resolve(&job.spec.playbook) {
-            Ok(playbook) => {
-                // Bounded in events (each at most 4 MiB): a slow database slows
-                // the playbook rather than filling the worker's memory.
-                let (events_tx, events_rx) = mpsc::channel(64);
-                let recorder = tokio::spawn(self.clone().record_events(
-                    job.id,
-                    job.attempt,
-                    events_rx,
-                    lost.clone(),
-                    masker.clone(),
-                ));
-                let pgid_worker = self.clone();
-                let (id, attempt) = (job.id, job.attempt);
-                let output = self
-                    .executor
-                    .run(job.id, &playbook, &spec, events_tx, stop_rx, move |pgid| {
-                        tokio::spawn(async move {
-                            if let Err(e) = pgid_worker.store.record_pgid(id, attempt, &pgid_worker.id, pgid).await {
-                                tracing::warn!(job_id = %id, error = %e, "recording the process group");
-                            }
-                        });
-                    })
-                    .await;
-                // Every event is stored before the terminal status is.
-                if let Err(e) = recorder.await {
-                    tracing::error!(job_id = %job.id, error = %e, "event recorder panicked");
-                }
-                output
-                    .map(|mut out| {
-                        if !masker.is_empty() {
-                            out.stdout = masker.text(&out.stdout);
-                        }
-                        out
-                    })
-                    .map_err(|e| e.to_string())
+        // A cancel, the timeout or a shutdown stops a slow fetch too.
+        let mut stopping = stop_rx.clone();
+        let prepared = tokio::select! {
+            prepared = self.prepare(&job) => prepared,
+            Ok(reason) = async { stopping.wait_for(Option::is_some).await.map(|r| *r) } => {
+                Err(outcome_of(&job, RunOutput {
+                    rc: -1,
+                    stdout: String::new(),
+                    stdout_truncated: false,
+                    stats: Default::default(),
+                    stopped: reason,
+                }))
             }
-            Err(e) => Err(format!("playbook {}: {e}", job.spec.playbook)),
         };
+        let ready = match prepared {
+            Ok(ready) => ready,
+            Err(outcome) => {
+                if lost.is_cancelled() {
+                    tracing::warn!(job_id = %job.id, "lease lost; the outcome is not recorded");
+                } else {
+                    self.finish(&job, &outcome, &lost).await;
+                }
+                drop(guard);
+                return;
+            }
+        };
+        if !ready.resolved.is_empty() {
+            self.record_resolved(&job, &ready.resolved).await;
+        }
+
+        // Bounded in events (each at most 4 MiB): a slow database slows
+        // the playbook rather than filling the worker's memory.
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let recorder = tokio::spawn(self.clone().record_events(
+            job.id,
+            job.attempt,
+            events_rx,
+            lost.clone(),
+            masker.clone(),
+        ));
+        let pgid_worker = self.clone();
+        let (id, attempt) = (job.id, job.attempt);
+        let output = self
+            .executor
+            .run(
+                job.id,
+                &ready.prepared,
+                &spec,
+                events_tx,
+                stop_rx,
+                move |pgid| {
+                    tokio::spawn(async move {
+                        if let Err(e) = pgid_worker
+                            .store
+                            .record_pgid(id, attempt, &pgid_worker.id, pgid)
+                            .await
+                        {
+                            tracing::warn!(job_id = %id, error = %e, "recording the process group");
+                        }
+                    });
+                },
+            )
+            .await;
+        // Every event is stored before the terminal status is.
+        if let Err(e) = recorder.await {
+            tracing::error!(job_id = %job.id, error = %e, "event recorder panicked");
+        }
+        let output = output
+            .map(|mut out| {
+                if !masker.is_empty() {
+                    out.stdout = masker.text(&out.stdout);
+                }
+                out
+            })
+            .map_err(|e| e.to_string());
+        drop(ready);
 
         let outcome = match output {
             Ok(RunOutput {
@@ -115,6 +152,22 @@ impl Worker {
             tracing::warn!(job_id = %job.id, "lease lost; the run was stopped and nothing is recorded");
         }
         drop(guard);
+    }
+
+    /// Records (fenced by the claim) and announces what the job's git
+    /// sources resolved to, so GetJob shows it while the job runs.
+    async fn record_resolved(&self, job: &Job, resolved: &Resolved) {
+        tracing::info!(job_id = %job.id, source_commit = ?resolved.source_commit, inventory_commit = ?resolved.inventory_commit, "sources resolved");
+        if let Err(e) = self
+            .store
+            .record_resolved(job.id, job.attempt, &self.id, resolved)
+            .await
+        {
+            tracing::warn!(job_id = %job.id, error = %e, "recording the resolved sources");
+        }
+        let mut running = job.clone();
+        running.resolved = resolved.clone();
+        crate::live::announce(&self.live, &running).await;
     }
 
     /// The job's secret extra vars, taken from the live state; when they are

@@ -117,6 +117,8 @@ pub struct WarmRequest<'a> {
     pub local_tmp: &'a Path,
     /// The run's stdout, stderr and event pipe (write ends).
     pub fds: [&'a OwnedFd; 3],
+    /// Environment of this run only (Ansible settings the child re-reads).
+    pub env: &'a [(String, String)],
 }
 
 /// One warm process per worker slot, started on demand and kept while idle.
@@ -126,6 +128,8 @@ pub struct WarmPool {
     /// folder of the warm processes; removed with the pool.
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Variables of the worker's environment runs never see (credentials).
+    hidden_env: Vec<String>,
     idle: Mutex<Vec<WarmServer>>,
     retry_at: Mutex<Option<Instant>>,
 }
@@ -152,6 +156,7 @@ impl WarmPool {
     pub fn new(
         install: AnsibleInstall,
         env: Vec<(String, String)>,
+        hidden_env: Vec<String>,
         callback_plugin: &str,
     ) -> std::io::Result<Arc<WarmPool>> {
         let dir = tempfile::Builder::new().prefix("ars-warm-").tempdir()?;
@@ -175,6 +180,7 @@ impl WarmPool {
             install,
             dir,
             env,
+            hidden_env,
             idle: Mutex::new(Vec::new()),
             retry_at: Mutex::new(None),
         }))
@@ -230,6 +236,9 @@ impl WarmPool {
             // worker's to handle, as for plain runs.
             .process_group(0)
             .kill_on_drop(true);
+        for name in &self.hidden_env {
+            command.env_remove(name);
+        }
         let fingerprint = self.fingerprint();
         let mut child = command.spawn().map_err(WarmError::Spawn)?;
         drop(command);
@@ -296,7 +305,11 @@ impl WarmPool {
             "cwd": request.cwd,
             "local_tmp": request.local_tmp,
             "job_id": request.job_id.to_string(),
-            "env": {},
+            "env": request
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect::<serde_json::Map<_, _>>(),
         });
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');

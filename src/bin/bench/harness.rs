@@ -343,6 +343,7 @@ pub async fn fill(state: &AppState, rows: usize) -> Vec<uuid::Uuid> {
                 } else {
                     "hello.yml".into()
                 },
+                source: Default::default(),
                 extra_vars: Default::default(),
                 inventory: Inventory::Localhost,
                 options: JobOptions::default(),

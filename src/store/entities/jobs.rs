@@ -47,6 +47,16 @@ pub struct Model {
     pub request_scope: String,
     /// The queue (worker group) whose workers may run the job.
     pub queue: String,
+    /// What the job runs when not a catalogue playbook (JSON); NULL: the
+    /// catalogue's `playbook`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub source: Option<String>,
+    /// The commit the git playbook or role repository resolved to.
+    pub source_commit: Option<String>,
+    /// The full ref name it resolved from.
+    pub source_ref: Option<String>,
+    /// The commit the git inventory resolved to.
+    pub inventory_commit: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -26,6 +26,28 @@ use run_files::{run_environment, CALLBACK_PLUGIN};
 pub use output::RawEvent;
 pub use supervise::signal_group;
 
+/// What a run executes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A playbook file: from the catalogue or from a git checkout.
+    Playbook(PathBuf),
+    /// A role, through a one-play playbook written for the run.
+    Role {
+        name: String,
+        vars: serde_json::Map<String, serde_json::Value>,
+        gather_facts: bool,
+    },
+}
+
+/// A run as the worker prepared it: what to execute, the git inventory file
+/// when the job has one, and the folders of collections installed for it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub target: Target,
+    pub inventory_file: Option<PathBuf>,
+    pub collections: Vec<PathBuf>,
+}
+
 /// Why a run is being stopped before it ends by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -71,6 +93,9 @@ pub struct Executor {
     pub kill_grace: Duration,
     /// Bytes of stdout kept; the rest is read and dropped.
     pub stdout_cap: usize,
+    /// Variables of the worker's environment runs never see: the git
+    /// providers' credentials.
+    pub hidden_env: Vec<String>,
     /// Warm processes, for the warm executor.
     warm: Option<Arc<WarmPool>>,
 }
@@ -84,13 +109,14 @@ impl Executor {
         kill_grace: Duration,
         stdout_cap: usize,
         kind: ExecutorKind,
+        hidden_env: Vec<String>,
     ) -> Executor {
         let warm = match kind {
             ExecutorKind::Plain => None,
             ExecutorKind::Warm => match AnsibleInstall::discover(&ansible_playbook).await {
                 Some(install) => {
                     let env = run_environment(Path::new(""), Path::new(""));
-                    match WarmPool::new(install, env, CALLBACK_PLUGIN) {
+                    match WarmPool::new(install, env, hidden_env.clone(), CALLBACK_PLUGIN) {
                         Ok(pool) => Some(pool),
                         Err(e) => {
                             tracing::warn!(error = %e, "preparing the warm executor; runs are plain");
@@ -111,6 +137,7 @@ impl Executor {
             ansible_playbook,
             kill_grace,
             stdout_cap,
+            hidden_env,
             warm,
         }
     }
@@ -131,12 +158,13 @@ impl Executor {
         }
     }
 
-    /// Runs `playbook` (already resolved inside the catalogue) for `spec`.
+    /// Runs what `prepared` names (resolved inside the catalogue or a git
+    /// checkout) for `spec`.
     /// `started` receives the child's process group id once it runs.
     pub async fn run(
         &self,
         job_id: uuid::Uuid,
-        playbook: &Path,
+        prepared: &Prepared,
         spec: &JobSpec,
         events: mpsc::Sender<RawEvent>,
         stop: watch::Receiver<Option<StopReason>>,
@@ -146,7 +174,8 @@ impl Executor {
             .prefix("ars-job-")
             .tempdir()
             .map_err(ExecError::Prepare)?;
-        let args = run_files::prepare(dir.path(), playbook, spec).map_err(ExecError::Prepare)?;
+        let args = run_files::prepare(dir.path(), prepared, spec).map_err(ExecError::Prepare)?;
+        let env = run_files::source_environment(prepared);
 
         let (events_read, events_write) = output::pipe().map_err(ExecError::Prepare)?;
         let (stdout_read, stdout_write) = output::pipe().map_err(ExecError::Prepare)?;
@@ -155,6 +184,7 @@ impl Executor {
             .start(
                 job_id,
                 &args,
+                &env,
                 dir.path(),
                 [&stdout_write, &stderr_write, &events_write],
             )

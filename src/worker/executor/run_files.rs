@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use super::{Prepared, Target};
 use crate::domain::{Inventory, JobSpec};
 use crate::worker::unsafe_yaml::to_unsafe_yaml;
 
@@ -43,12 +44,62 @@ fn local_connection() -> Value {
     })
 }
 
+/// The environment of this run only: the folders of collections installed
+/// for its git sources, ahead of the workers' own.
+pub(super) fn source_environment(prepared: &Prepared) -> Vec<(String, String)> {
+    if prepared.collections.is_empty() {
+        return Vec::new();
+    }
+    let mut paths: Vec<String> = prepared
+        .collections
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.push(
+        std::env::var("ANSIBLE_COLLECTIONS_PATH")
+            .unwrap_or_else(|_| "~/.ansible/collections:/usr/share/ansible/collections".to_owned()),
+    );
+    vec![("ANSIBLE_COLLECTIONS_PATH".to_owned(), paths.join(":"))]
+}
+
+/// The one-play playbook that runs a role over the whole inventory; the
+/// role's variables are data (marked unsafe), never templates.
+fn role_playbook(name: &str, vars: &Map<String, Value>, gather_facts: bool) -> String {
+    // The name is an identifier path (validated), so it is plain YAML.
+    format!(
+        "[{{name: \"role {name}\", hosts: all, gather_facts: {gather_facts}, roles: [{{role: {name}, vars: {}}}]}}]\n",
+        to_unsafe_yaml(&Value::Object(vars.clone()))
+    )
+}
+
 /// Writes the run's files and returns ansible-playbook's arguments.
-pub(super) fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::Result<Vec<String>> {
+pub(super) fn prepare(
+    dir: &Path,
+    prepared: &Prepared,
+    spec: &JobSpec,
+) -> std::io::Result<Vec<String>> {
     let plugins = dir.join("callback_plugins");
     std::fs::create_dir_all(&plugins)?;
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::write(plugins.join("ars_events.py"), CALLBACK_PLUGIN)?;
+    let playbook = match &prepared.target {
+        Target::Playbook(path) => path.clone(),
+        Target::Role {
+            name,
+            vars,
+            gather_facts,
+        } => {
+            let path = dir.join("role.yml");
+            std::fs::write(&path, role_playbook(name, vars, *gather_facts))?;
+            path
+        }
+    };
+    let playbook = playbook.as_path();
+    if let (Inventory::Git(_), Some(file)) = (&spec.inventory, &prepared.inventory_file) {
+        // The repository's own inventory file, read where it is checked out.
+        let (_, vars) = write_files(dir, None, spec)?;
+        return Ok(arguments((file.clone(), vars), playbook, spec));
+    }
 
     let inventory = match &spec.inventory {
         Inventory::Localhost => json!({"all": {"hosts": {"localhost": local_connection()}}}),
@@ -69,18 +120,29 @@ pub(super) fn prepare(dir: &Path, playbook: &Path, spec: &JobSpec) -> std::io::R
         }
         // The caller's inventory is data: its values are never templated.
         Inventory::Inline(doc) => {
-            return write_files(dir, &to_unsafe_yaml(&Value::Object(doc.clone())), spec)
+            let text = to_unsafe_yaml(&Value::Object(doc.clone()));
+            return write_files(dir, Some(&text), spec)
                 .map(|paths| arguments(paths, playbook, spec));
+        }
+        Inventory::Git(_) => {
+            return Err(std::io::Error::other(
+                "the git inventory was not checked out for this run",
+            ))
         }
     };
     // Our own inventory (validated host names, our variables) is plain JSON,
     // which is YAML too.
-    write_files(dir, &inventory.to_string(), spec).map(|paths| arguments(paths, playbook, spec))
+    write_files(dir, Some(&inventory.to_string()), spec)
+        .map(|paths| arguments(paths, playbook, spec))
 }
 
 /// Writes the inventory and the extra vars (marked unsafe: data, never
 /// templates), readable by the service's user only.
-fn write_files(dir: &Path, inventory: &str, spec: &JobSpec) -> std::io::Result<(PathBuf, PathBuf)> {
+fn write_files(
+    dir: &Path,
+    inventory: Option<&str>,
+    spec: &JobSpec,
+) -> std::io::Result<(PathBuf, PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt;
     let write = |path: &Path, text: &str| -> std::io::Result<()> {
         use std::io::Write;
@@ -92,7 +154,9 @@ fn write_files(dir: &Path, inventory: &str, spec: &JobSpec) -> std::io::Result<(
             .write_all(text.as_bytes())
     };
     let inventory_path = dir.join("inventory.yml");
-    write(&inventory_path, inventory)?;
+    if let Some(inventory) = inventory {
+        write(&inventory_path, inventory)?;
+    }
     let vars_path = dir.join("extra_vars.yml");
     write(
         &vars_path,

@@ -55,6 +55,7 @@ impl Executor {
         &self,
         job_id: uuid::Uuid,
         args: &[String],
+        env: &[(String, String)],
         dir: &Path,
         [stdout_write, stderr_write, events_write]: [&OwnedFd; 3],
     ) -> Result<Process, ExecError> {
@@ -68,6 +69,7 @@ impl Executor {
                 cwd: dir,
                 local_tmp: &local_tmp,
                 fds: [stdout_write, stderr_write, events_write],
+                env,
             };
             match pool.start(request).await {
                 Ok(run) => return Ok(Process::Warm(run)),
@@ -81,6 +83,7 @@ impl Executor {
         Ok(Process::Plain(self.spawn_plain(
             job_id,
             args,
+            env,
             dir,
             [stdout_write.try_clone(), stderr_write.try_clone()],
             events_write,
@@ -92,6 +95,7 @@ impl Executor {
         &self,
         job_id: uuid::Uuid,
         args: &[String],
+        env: &[(String, String)],
         dir: &Path,
         [stdout, stderr]: [std::io::Result<OwnedFd>; 2],
         events_write: &OwnedFd,
@@ -104,12 +108,16 @@ impl Executor {
                 &dir.join("callback_plugins"),
                 &dir.join("tmp"),
             ))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(JOB_ID_ENV, job_id.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout.map_err(ExecError::Prepare)?))
             .stderr(Stdio::from(stderr.map_err(ExecError::Prepare)?))
             .process_group(0)
             .kill_on_drop(true);
+        for name in &self.hidden_env {
+            command.env_remove(name);
+        }
         let write_fd = events_write.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls are made:
         // dup2 places the pipe's write end at EVENTS_FD (clearing CLOEXEC there).
