@@ -915,3 +915,178 @@ async fn a_role_installed_on_the_workers_runs_with_its_vars() {
     assert_eq!(status(&missing), pb::JobStatus::Failed);
     assert_eq!(missing.error_reason, "PLAYBOOK_FAILED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_run_only_the_sources_their_scopes_allow() {
+    use ansible_runner_service::domain::Scopes;
+    use ansible_runner_service::grpc::auth;
+    let key = |name: &str, words: &[&str]| {
+        let (key, client) =
+            auth::new_key(name, Scopes::parse(words.iter().copied()).unwrap()).unwrap();
+        (key, client.line())
+    };
+    let git = Git::start();
+    let host = git.server.base_url.trim_start_matches("http://").to_owned();
+    let (open, open_line) = key("open", &[]);
+    let (catalogue, catalogue_line) = key("catalogue-only", &["playbooks=hello.yml"]);
+    let automation_scope = format!("sources=git:{host}/platform/automation.git");
+    let (automation, automation_line) =
+        key("automation", &["playbooks=hello.yml", &automation_scope]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    std::fs::write(
+        &keys_file,
+        [open_line, catalogue_line, automation_line].join("\n"),
+    )
+    .unwrap();
+    let mut history = History::new(Backend::Embedded).await;
+    history.settings.api_keys_file = Some(keys_file);
+    let server = TestServer::start(&git.settings(&history.settings)).await;
+    let mut client = server.client.clone();
+    let site = || git_playbook(&git.automation.url, "main", "site.yml");
+    let greet = || role("greet", &git.collection.url, serde_json::json!({}));
+    let denied = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(reason(&status), "SOURCE_NOT_PERMITTED", "{status:?}");
+    };
+
+    // A key limited to a catalogue playbook runs no git source.
+    denied(
+        client
+            .submit_job(with_key(site(), &catalogue))
+            .await
+            .unwrap_err(),
+    );
+    let mut inventory_from_git = request("hello.yml");
+    inventory_from_git.inventory = git_inventory(&git.automation, "main", "inventories/hosts.yml");
+    denied(
+        client
+            .submit_job(with_key(inventory_from_git.clone(), &catalogue))
+            .await
+            .unwrap_err(),
+    );
+    // sources= opens that repository, and only it.
+    submit_as(&mut client, site(), &automation).await;
+    submit_as(&mut client, inventory_from_git, &automation).await;
+    denied(
+        client
+            .submit_job(with_key(greet(), &automation))
+            .await
+            .unwrap_err(),
+    );
+    // A key without playbook scopes runs what the providers allow.
+    submit_as(&mut client, greet(), &open).await;
+    let page = client
+        .list_jobs(with_key(ListJobsRequest::default(), &open))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total_size, 3, "each refusal wrote nothing");
+    server.stop().await;
+}
+
+fn cli(server: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
+        .args(args)
+        .env("ARS_SERVER", server)
+        .env_remove("ARS_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_runs_git_sources_and_shows_their_commits() {
+    let git = Git::start();
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&git.settings(&history.settings)).await;
+    let addr = server.addr.to_string();
+    let (repo, collection) = (git.automation.url.clone(), git.collection.url.clone());
+    let head = git.automation.head();
+    let (run, role_run, list) = tokio::task::spawn_blocking(move || {
+        let run = cli(
+            &addr,
+            &[
+                "run",
+                "--git",
+                &repo,
+                "--ref",
+                "v1",
+                "site.yml",
+                "--inventory-repo",
+                &repo,
+                "--inventory-file",
+                "inventories/hosts.yml",
+            ],
+        );
+        let role_run = cli(
+            &addr,
+            &[
+                "run",
+                "--role",
+                "greet",
+                "--git",
+                &collection,
+                "--role-vars",
+                "who=CLI",
+            ],
+        );
+        let list = cli(&addr, &["list", "--json"]);
+        (run, role_run, list)
+    })
+    .await
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    assert!(
+        text(&run.stdout).contains("inv=from-git"),
+        "{}",
+        text(&run.stdout)
+    );
+    assert_eq!(
+        role_run.status.code(),
+        Some(0),
+        "{}",
+        text(&role_run.stderr)
+    );
+    assert!(
+        text(&role_run.stdout).contains("hello CLI"),
+        "{}",
+        text(&role_run.stdout)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let git_job = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| !j["git_playbook"].is_null())
+        .unwrap()
+        .clone();
+    assert_eq!(git_job["source_commit"], head.as_str());
+    assert_eq!(git_job["source_ref"], "refs/tags/v1");
+    assert_eq!(git_job["inventory_commit"], head.as_str());
+    assert_eq!(git_job["git_playbook"]["path"], "site.yml");
+    let id = git_job["job_id"].as_str().unwrap().to_owned();
+    let addr = server.addr.to_string();
+    let (get, table) =
+        tokio::task::spawn_blocking(move || (cli(&addr, &["get", &id]), cli(&addr, &["list"])))
+            .await
+            .unwrap();
+    let shown = text(&get.stdout);
+    assert!(
+        shown.contains(&format!("commit:    {head} (refs/tags/v1)")),
+        "{shown}"
+    );
+    assert!(shown.contains("inventory:"), "{shown}");
+    assert!(
+        text(&table.stdout).contains(&format!("site.yml@{}", &head[..12])),
+        "{}",
+        text(&table.stdout)
+    );
+    server.stop().await;
+}
