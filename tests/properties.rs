@@ -669,3 +669,60 @@ proptest! {
         prop_assert_eq!(accepted, all_safe, "{}", group);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// A ref git would take as an option, a revision expression or a range
+    /// is never accepted; whatever is accepted, git's own rules allow.
+    #[test]
+    fn accepted_refs_are_plain_names_or_commit_ids(r in "[-a-zA-Z0-9./@{}~^:?*\\[\\\\ _]{0,24}") {
+        use ansible_runner_service::domain::source::{git_ref, is_commit_id};
+        if git_ref(&r).is_ok() && !r.is_empty() && !is_commit_id(&r) {
+            prop_assert!(!r.starts_with('-') && !r.starts_with('/') && !r.ends_with('/'), "{}", r);
+            prop_assert!(!r.contains("..") && !r.contains("@{") && !r.contains("//") && r != "@", "{}", r);
+            prop_assert!(!r.chars().any(|c| " ~^:?*[\\".contains(c) || c.is_control()), "{}", r);
+            prop_assert!(r.split('/').all(|c| !c.starts_with('.') && !c.ends_with(".lock")), "{}", r);
+        }
+    }
+
+    /// An accepted path stays inside the repository, whatever it holds.
+    #[test]
+    fn accepted_repository_paths_stay_inside(p in "[-a-zA-Z0-9./_\\n]{0,24}") {
+        use ansible_runner_service::domain::source::path_in_repo;
+        if path_in_repo(&p).is_ok() {
+            prop_assert!(!p.starts_with('/') && !p.starts_with('-'), "{}", p);
+            prop_assert!(p.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.eq_ignore_ascii_case(".git")), "{}", p);
+            prop_assert!(!p.contains('\n'), "{}", p);
+        }
+    }
+
+    /// Only URLs under the provider pass, in one canonical form that passes
+    /// again unchanged; anything else (other hosts, schemes, user info,
+    /// traversal) is refused.
+    #[test]
+    fn only_urls_under_a_provider_pass(
+        scheme in "(https|http|HTTPS|file|ext|ssh)",
+        userinfo in "(|u@|u:p@)",
+        host in "(git\\.example\\.com|GIT\\.example\\.com|git\\.example\\.com\\.evil|evil)",
+        path in "(platform|platformx|other|platform/\\.\\.|\\.\\./platform)(/[a-z.~-]{1,8}){0,3}",
+    ) {
+        use ansible_runner_service::domain::Providers;
+        let providers = Providers::parse(
+            "providers: [{name: p, host: git.example.com, organizations: [platform]}]",
+        ).unwrap();
+        let url = format!("{scheme}://{userinfo}{host}/{path}");
+        match providers.allow(&url) {
+            Ok((_, canonical)) => {
+                let canonical = canonical.to_string();
+                let rest = canonical.strip_prefix("https://git.example.com/platform");
+                prop_assert!(rest.is_some_and(|r| r.is_empty() || r.starts_with('/')), "{} -> {}", url, canonical);
+                prop_assert!(userinfo.is_empty(), "{}", url);
+                prop_assert!(!canonical.split('/').any(|s| s == ".." || s == "."), "{}", canonical);
+                let again = providers.allow(&canonical).map(|(_, u)| u.to_string());
+                prop_assert_eq!(again.as_deref(), Ok(canonical.as_str()));
+            }
+            Err(_) => {}
+        }
+    }
+}
