@@ -338,6 +338,7 @@ impl GitArgs {
             max_repo_bytes: self.git_max_repo_mib.saturating_mul(1 << 20),
             cache_max_bytes: self.git_cache_max_mib.saturating_mul(1 << 20),
             cache_max_age: self.git_cache_max_age,
+            ..Default::default()
         }
     }
 }

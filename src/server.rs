@@ -154,6 +154,14 @@ pub async fn run_workers(
             state.limits.providers.credential_variables(),
         )
         .await;
+        if !state.limits.providers.credential_variables().is_empty() {
+            // Runs (same user) cannot read this process's environment, where
+            // the providers' credentials are, through /proc.
+            // SAFETY: prctl(2) with integer arguments.
+            unsafe {
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+            }
+        }
         let git = if state.limits.providers.providers.is_empty() {
             None
         } else {

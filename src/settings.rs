@@ -65,6 +65,8 @@ pub struct GitSettings {
     pub max_repo_bytes: u64,
     pub cache_max_bytes: u64,
     pub cache_max_age: Duration,
+    /// How often a process looks for checkouts to evict at most.
+    pub evict_every: Duration,
 }
 
 impl Default for GitSettings {
@@ -77,6 +79,7 @@ impl Default for GitSettings {
             max_repo_bytes: defaults::GIT_MAX_REPO_MIB << 20,
             cache_max_bytes: defaults::GIT_CACHE_MAX_MIB << 20,
             cache_max_age: secs(7 * 86_400),
+            evict_every: secs(60),
         }
     }
 }

@@ -514,7 +514,18 @@ async fn unusable_sources_end_failed_with_their_reasons() {
     big.write("site.yml", SITE);
     big.commit_big_file("blob.bin", 4 << 20);
 
+    // Small in the mirror, large once checked out.
+    let zeros = git.server.repo("platform/zeros.git");
+    zeros.write("site.yml", SITE);
+    zeros.write("zeros.bin", &"\0".repeat(3 << 20));
+    zeros.commit("three MiB of zeros");
+
     let cases = [
+        (
+            git_playbook(&zeros.url, "main", "site.yml"),
+            "SOURCE_UNAVAILABLE",
+            "GIT_MAX_REPO_MIB",
+        ),
         (
             git_playbook(&git.automation.url, "no-such-branch", "site.yml"),
             "SOURCE_NOT_FOUND",
@@ -557,6 +568,29 @@ async fn unusable_sources_end_failed_with_their_reasons() {
         assert!(job.error.contains(names), "{}", job.error);
         assert!(!job.error.contains(&git.server.password), "{}", job.error);
     }
+
+    // An executable file given as the inventory is never run.
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("inventory-script-ran");
+    git.automation.write(
+        "inventories/script.sh",
+        &format!(
+            "#!/bin/sh\ntouch {}\necho '{{\"all\": {{\"hosts\": [\"localhost\"]}}}}'\n",
+            marker.display()
+        ),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let script = git.automation.work().join("inventories/script.sh");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // (By its commit: "main" was fetched moments ago, within the window.)
+    let with_script = git.automation.commit("an inventory script");
+    let mut req = request("hello.yml");
+    req.inventory = git_inventory(&git.automation, &with_script, "inventories/script.sh");
+    let job = run(&mut client, req).await;
+    assert_eq!(job.inventory_commit, with_script, "{}", job.error);
+    assert!(!marker.exists(), "an executable inventory was run");
 
     // A wrong credential: refused by the server, named without the value.
     let wrong = git.dir.path().join("wrong-password");
@@ -1088,5 +1122,82 @@ async fn the_client_runs_git_sources_and_shows_their_commits() {
         "{}",
         text(&table.stdout)
     );
+    server.stop().await;
+}
+
+/// The commits checked out in the cache.
+fn checkouts(cache: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(cache.join("repos"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|repo| {
+            std::fs::read_dir(repo.path().join("checkouts"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_checkouts_in_use_and_removes_the_rest() {
+    let git = Git::start();
+    let history = History::new(Backend::Embedded).await;
+    let mut settings = git.settings(&history.settings);
+    // Over the size limit at once, and looked at on every checkout.
+    settings.git.cache_max_bytes = 0;
+    settings.git.evict_every = Duration::ZERO;
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let cache = settings.git.cache_dir.clone();
+
+    let first = run(
+        &mut client,
+        git_playbook(&git.automation.url, "main", "site.yml"),
+    )
+    .await;
+    assert_successful(&first);
+    git.automation.write(
+        "slow.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - pause:\n        seconds: 4\n",
+    );
+    let second_commit = git.automation.commit("a slow playbook");
+    let slow = submit(
+        &mut client,
+        git_playbook(&git.automation.url, &second_commit, "slow.yml"),
+    )
+    .await;
+    // While the slow run holds its checkout, the first commit's goes.
+    // (It is RUNNING from its claim; its commit is recorded once checked out.)
+    eventually(Duration::from_secs(30), "the slow job to run", || {
+        let mut client = client.clone();
+        let id = slow.job_id.clone();
+        async move {
+            let job = get(&mut client, &id).await;
+            (status(&job) == pb::JobStatus::Running && !job.source_commit.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(checkouts(&cache), vec![second_commit.clone()]);
+    // Another checkout while it runs: the one in use stays.
+    let again = run(
+        &mut client,
+        git_playbook(&git.automation.url, &first.source_commit, "site.yml"),
+    )
+    .await;
+    assert_successful(&again);
+    assert!(
+        checkouts(&cache).contains(&second_commit),
+        "{:?}",
+        checkouts(&cache)
+    );
+    let slow = wait_terminal(&mut client, &slow.job_id).await;
+    assert_eq!(status(&slow), pb::JobStatus::Successful);
     server.stop().await;
 }

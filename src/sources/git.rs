@@ -69,9 +69,11 @@ impl GitCommand<'_> {
     pub async fn run(self) -> Result<String, GitError> {
         let mut command = Command::new("git");
         let protocol = self.provider.map_or("file", |p| p.scheme.as_str());
+        command.env_clear();
+        for (name, value) in passed_through() {
+            command.env(name, value);
+        }
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home)
             .env("LANG", "C")
             .env("LC_ALL", "C")
@@ -105,6 +107,11 @@ impl GitCommand<'_> {
                 "maintenance.auto=false",
                 "-c",
                 "core.fsmonitor=false",
+                // A server that stalls is given up after a minute below 1 KB/s.
+                "-c",
+                "http.lowSpeedLimit=1000",
+                "-c",
+                "http.lowSpeedTime=60",
             ])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -138,6 +145,9 @@ impl GitCommand<'_> {
         }
         let child = command.spawn().map_err(GitError::Io)?;
         let pgid = child.id().map(|p| p as i32);
+        // Dropped (a cancel, the timeout of the run) or done: nothing git
+        // started outlives it (git-remote-http, index-pack).
+        let mut group = KillGroupOnDrop(pgid);
         let output = child.wait_with_output();
         let watched = async {
             match &self.watch {
@@ -163,16 +173,21 @@ impl GitCommand<'_> {
             }
         };
         let output = tokio::select! {
-            output = output => output.map_err(GitError::Io)?,
+            output = output => output,
             _ = tokio::time::sleep(self.timeout) => {
                 kill();
+                group.disarm();
                 return Err(GitError::TimedOut(self.timeout));
             }
             limit = watched => {
                 kill();
+                group.disarm();
                 return Err(GitError::TooLarge(limit));
             }
         };
+        // Ended and reaped: its group id may be reused from now on.
+        group.disarm();
+        let output = output.map_err(GitError::Io)?;
         if output.status.success() {
             // What arrived between two looks, or faster than the first.
             if let Some((dir, limit)) = &self.watch {
@@ -199,6 +214,49 @@ impl GitCommand<'_> {
         }
         Err(GitError::Failed(text))
     }
+}
+
+/// Kills a process group when dropped before `disarm` (the future that
+/// waited for its leader was dropped: a cancel, a timeout).
+pub(crate) struct KillGroupOnDrop(pub Option<i32>);
+
+impl KillGroupOnDrop {
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: kill(2) on a process group this process started; a
+            // group that already ended makes it fail harmlessly.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// What git (and ansible-galaxy) keep of the worker's environment: the
+/// search path, and how to reach servers (proxies, CA bundles).
+pub(crate) fn passed_through() -> Vec<(String, std::ffi::OsString)> {
+    const KEPT: [&str; 11] = [
+        "PATH",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "GIT_SSL_CAINFO",
+    ];
+    KEPT.iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| (name.to_string(), v)))
+        .collect()
 }
 
 /// Bytes of the files under `dir` (not following links).

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::source::{is_commit_id, Provider};
 use crate::domain::Providers;
 use crate::settings::GitSettings;
+pub(crate) use git::{passed_through, KillGroupOnDrop};
 use git::{GitCommand, GitError};
 
 /// Why a source could not be prepared; maps to the job's error reason.
@@ -43,8 +44,6 @@ pub enum SourceError {
 
 /// Local git commands (no network) get this long.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often the cache is checked for what to evict at most.
-const EVICT_EVERY: Duration = Duration::from_secs(60);
 
 /// The cache of one host.
 pub struct GitCache {
@@ -63,7 +62,9 @@ pub struct Checkout {
     /// The full ref name it came from (`refs/heads/main`), `HEAD` for the
     /// default branch, or the commit id when one was asked for.
     pub ref_name: String,
-    /// Where collections installed for this commit live.
+    /// Where collections installed for this commit live (a folder per
+    /// purpose: `collection` for the repository as a collection,
+    /// `requirements` for its requirements file).
     pub collections: PathBuf,
     _in_use: File,
 }
@@ -94,13 +95,22 @@ impl Checkout {
 impl GitCache {
     pub fn new(settings: &GitSettings, providers: Arc<Providers>) -> std::io::Result<GitCache> {
         std::fs::create_dir_all(settings.cache_dir.join("repos"))?;
+        // Absolute: links, collection paths and ansible-galaxy's working
+        // folder all name places in it.
+        let mut settings = settings.clone();
+        settings.cache_dir = settings.cache_dir.canonicalize()?;
         let askpass = git::write_askpass(&settings.cache_dir)?;
         Ok(GitCache {
-            settings: settings.clone(),
+            settings,
             providers,
             askpass,
             last_evicted: Mutex::new(None),
         })
+    }
+
+    /// How long a fetch (or an install from the network) may take.
+    pub fn fetch_timeout(&self) -> Duration {
+        self.settings.fetch_timeout
     }
 
     /// The repository's files at `git_ref`, fetched when needed.
@@ -129,11 +139,9 @@ impl GitCache {
     ) -> Result<Checkout, SourceError> {
         let mirror = base.join("mirror.git");
         self.ensure_mirror(base, &mirror).await?;
-        let stamp = base.join("fresh").join(if git_ref.is_empty() {
-            "HEAD".to_owned()
-        } else {
-            hex::encode(git_ref)
-        });
+        let stamp = base
+            .join("fresh")
+            .join(hex::encode(&Sha256::digest(git_ref.as_bytes())[..16]));
         let fresh = std::fs::metadata(&stamp)
             .and_then(|m| m.modified())
             .ok()
@@ -337,6 +345,14 @@ impl GitCache {
             &[&git_dir, &work_tree, "checkout-index", "--all", "--force"],
         );
         write.env = env;
+        let size = self.tree_size(mirror, commit).await?;
+        if size > self.settings.max_repo_bytes {
+            return Err(SourceError::Unavailable(format!(
+                "{repo} at commit {commit} holds {} MiB of files, more than the limit of {} MiB (GIT_MAX_REPO_MIB)",
+                size >> 20,
+                self.settings.max_repo_bytes >> 20
+            )));
+        }
         let result = async {
             read.run().await?;
             std::fs::create_dir_all(&tmp).map_err(GitError::Io)?;
@@ -348,11 +364,14 @@ impl GitCache {
             remove_tree(&tmp);
             return Err(local_error("check out the commit", e));
         }
-        if let Some(link) = escaping_link(&tmp, &tmp) {
+        let root = tmp
+            .canonicalize()
+            .map_err(|e| io_error("check out the commit", e))?;
+        if let Some(link) = escaping_link(&root, &root) {
             remove_tree(&tmp);
             return Err(SourceError::Unavailable(format!(
                 "{repo} at commit {commit} has a symbolic link {} that leads out of the repository; refused",
-                link.strip_prefix(&tmp).unwrap_or(&link).display()
+                link.strip_prefix(&root).unwrap_or(&link).display()
             )));
         }
         make_read_only(&tmp);
@@ -360,13 +379,46 @@ impl GitCache {
         Ok(())
     }
 
-    /// Evicts, at most once a minute per process, checkouts unused for
+    /// The bytes of the files of `commit`, before they are written.
+    async fn tree_size(&self, mirror: &Path, commit: &str) -> Result<u64, SourceError> {
+        let git_dir = format!("--git-dir={}", mirror.display());
+        let listing = self
+            .git(
+                None,
+                &[
+                    &git_dir,
+                    "ls-tree",
+                    "-r",
+                    "-l",
+                    "--full-tree",
+                    "--end-of-options",
+                    commit,
+                ],
+            )
+            .run()
+            .await
+            .map_err(|e| local_error("list the commit's files", e))?;
+        // "<mode> <type> <object> <size>\t<path>"; links and submodules have "-".
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                line.split('\t')
+                    .next()?
+                    .split_whitespace()
+                    .nth(3)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum())
+    }
+
+    /// Evicts, at most once per `evict_every` (a minute) per process, checkouts unused for
     /// longer than the maximum age, then the least recently used ones while
     /// the cache is larger than its maximum; never one a run holds.
     async fn evict_now_and_then(&self) {
         {
             let mut last = self.last_evicted.lock().expect("evict lock");
-            if last.is_some_and(|t| t.elapsed() < EVICT_EVERY) {
+            if last.is_some_and(|t| t.elapsed() < self.settings.evict_every) {
                 return;
             }
             *last = Some(Instant::now());
@@ -442,21 +494,29 @@ fn remove_temporary_packs(mirror: &Path) {
     }
 }
 
-/// The first symbolic link under `dir` whose target leaves `root`.
+/// The first symbolic link under `dir` that leaves `root` (an absolute,
+/// canonical path): by its text, or once the kernel resolves it (through
+/// other links), or that cannot be resolved at all.
 fn escaping_link(root: &Path, dir: &Path) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Some(dir.to_owned());
+    };
+    for entry in entries.flatten() {
         let path = entry.path();
         let Ok(kind) = entry.file_type() else {
-            continue;
+            return Some(path);
         };
         if kind.is_symlink() {
-            let target = std::fs::read_link(&path).ok()?;
-            let inside = path
-                .parent()
-                .and_then(|p| p.strip_prefix(root).ok())
-                .map(|p| stays_inside(&p.join(&target)))
-                .unwrap_or(false);
-            if target.is_absolute() || !inside {
+            let lexically_inside = std::fs::read_link(&path).is_ok_and(|target| {
+                !target.is_absolute()
+                    && path
+                        .parent()
+                        .and_then(|p| p.strip_prefix(root).ok())
+                        .is_some_and(|p| stays_inside(&p.join(&target)))
+            });
+            let resolved_inside =
+                std::fs::canonicalize(&path).is_ok_and(|real| real.starts_with(root));
+            if !lexically_inside || !resolved_inside {
                 return Some(path);
             }
         } else if kind.is_dir() {
@@ -539,11 +599,16 @@ fn evict(repos: &Path, max_age: Duration, max_bytes: u64) -> usize {
     }
     let mut candidates = Vec::new();
     let mut total = 0u64;
+    let now = SystemTime::now();
     for repo in std::fs::read_dir(repos).into_iter().flatten().flatten() {
         if !repo.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let base = repo.path();
+        let lock_path = repos.join(format!("{}.lock", repo.file_name().to_string_lossy()));
+        if remove_unused_repository(&base, &lock_path, now, max_age) {
+            continue;
+        }
         total += git::folder_size(&base.join("mirror.git"));
         for entry in std::fs::read_dir(base.join("checkouts"))
             .into_iter()
@@ -572,7 +637,6 @@ fn evict(repos: &Path, max_age: Duration, max_bytes: u64) -> usize {
         }
     }
     candidates.sort_by_key(|c| c.used);
-    let now = SystemTime::now();
     let mut evicted = 0;
     for c in candidates {
         let old = now.duration_since(c.used).is_ok_and(|age| age > max_age);
@@ -612,6 +676,67 @@ fn evict(repos: &Path, max_age: Duration, max_bytes: u64) -> usize {
     evicted
 }
 
+/// The newest modification time among the files directly under `dir`.
+fn newest_in(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()
+}
+
+/// Removes a repository's whole cache (mirror included) when nothing of it
+/// was fetched or used for `max_age`, and leftovers of checkouts cut short
+/// (older than an hour) otherwise; true when the repository went.
+fn remove_unused_repository(
+    base: &Path,
+    lock_path: &Path,
+    now: SystemTime,
+    max_age: Duration,
+) -> bool {
+    let Ok(lock) = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+    else {
+        return false;
+    };
+    if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        return false;
+    }
+    let checkouts = base.join("checkouts");
+    let last_use = [newest_in(&base.join("fresh")), newest_in(&checkouts)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    if now.duration_since(last_use).is_ok_and(|age| age > max_age) {
+        remove_tree(base);
+        return true;
+    }
+    for entry in std::fs::read_dir(&checkouts)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if stale && entry.file_name().to_string_lossy().starts_with('.') {
+            if entry.path().is_dir() {
+                remove_tree(&entry.path());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,14 +753,28 @@ mod tests {
     #[test]
     fn links_that_leave_the_checkout_are_found() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
+        let root = &dir.path().canonicalize().unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         std::os::unix::fs::symlink("../x", root.join("a/b/up")).unwrap();
+        assert_eq!(
+            escaping_link(root, root),
+            Some(root.join("a/b/up")),
+            "a link to nothing is refused"
+        );
+        std::fs::write(root.join("a/x"), "").unwrap();
         assert_eq!(escaping_link(root, root), None);
         std::os::unix::fs::symlink("../../../etc/passwd", root.join("a/b/out")).unwrap();
         assert_eq!(escaping_link(root, root), Some(root.join("a/b/out")));
         std::fs::remove_file(root.join("a/b/out")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("abs")).unwrap();
         assert_eq!(escaping_link(root, root), Some(root.join("abs")));
+        std::fs::remove_file(root.join("abs")).unwrap();
+        // Each link stays inside by its text; through the first, the
+        // second leads out.
+        std::os::unix::fs::symlink("../..", root.join("a/b/top")).unwrap();
+        std::fs::create_dir_all(root.join("a/b/x")).unwrap();
+        assert_eq!(escaping_link(root, root), None);
+        std::os::unix::fs::symlink("b/top/../etc/passwd", root.join("a/chain")).unwrap();
+        assert_eq!(escaping_link(root, root), Some(root.join("a/chain")));
     }
 }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use super::executor::{Prepared, Target};
 use super::Worker;
 use crate::domain::{ErrorReason, Inventory, Job, Outcome, Resolved, RoleSource, Source};
-use crate::sources::{remove_tree, Checkout, SourceError};
+use crate::sources::{passed_through, remove_tree, Checkout, KillGroupOnDrop, SourceError};
 
 /// A prepared run and the checkouts it holds until it ends.
 pub(crate) struct Ready {
@@ -76,7 +76,7 @@ impl Worker {
                     .await
                     .map_err(outcome_of)?;
                 let name = install_collection(&checkout, role).map_err(outcome_of)?;
-                collections.push(checkout.collections.clone());
+                collections.push(checkout.collections.join("collection"));
                 resolved.source_commit = Some(checkout.commit.clone());
                 resolved.source_ref = Some(checkout.ref_name.clone());
                 checkouts.push(checkout);
@@ -121,29 +121,54 @@ impl Worker {
         else {
             return Ok(None);
         };
-        if checkout.collections.is_dir() {
-            return Ok(Some(checkout.collections.clone()));
+        let installed = checkout.collections.join("requirements");
+        if installed.is_dir() {
+            return Ok(Some(installed));
         }
-        let parent = checkout.collections.parent().expect("collections folder");
-        let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let tmp = checkout
+            .collections
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&tmp)
             .map_err(|e| SourceError::Unavailable(format!("git cache: {e}")))?;
         let galaxy = self
             .executor
             .ansible_playbook
             .with_file_name("ansible-galaxy");
-        let run = tokio::process::Command::new(&galaxy)
+        // Like git: no credential of the worker, no user or system git
+        // configuration, no prompt; its whole process group ends with it.
+        let mut command = tokio::process::Command::new(&galaxy);
+        command
             .args(["collection", "install", "--no-deps", "-r"])
             .arg(&file)
             .arg("-p")
             .arg(&tmp)
             .current_dir(&checkout.dir)
+            .env_clear()
+            .envs(passed_through())
+            .env("HOME", &checkout.collections)
+            .env("LANG", "C.UTF-8")
             .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("ANSIBLE_NOCOLOR", "1")
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(std::time::Duration::from_secs(300), run).await;
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command.spawn();
+        let output = match child {
+            Ok(child) => {
+                let mut group = KillGroupOnDrop(child.id().map(|p| p as i32));
+                let output =
+                    tokio::time::timeout(self.git_fetch_timeout(), child.wait_with_output()).await;
+                if output.is_ok() {
+                    group.disarm();
+                }
+                output
+            }
+            Err(e) => Ok(Err(e)),
+        };
         let failed = |why: String| {
             remove_tree(&tmp);
             SourceError::Unavailable(format!(
@@ -160,13 +185,24 @@ impl Worker {
                 return Err(failed(last.last().copied().unwrap_or("").to_owned()));
             }
             Ok(Err(e)) => return Err(failed(format!("{}: {e}", galaxy.display()))),
-            Err(_) => return Err(failed("it took longer than 300 s".into())),
+            Err(_) => {
+                return Err(failed(format!(
+                    "it took longer than {} s (GIT_FETCH_TIMEOUT_SECONDS)",
+                    self.git_fetch_timeout().as_secs()
+                )))
+            }
         }
-        if std::fs::rename(&tmp, &checkout.collections).is_err() {
+        if std::fs::rename(&tmp, &installed).is_err() {
             // Another run of this commit installed them first.
             remove_tree(&tmp);
         }
-        Ok(Some(checkout.collections.clone()))
+        Ok(Some(installed))
+    }
+
+    fn git_fetch_timeout(&self) -> std::time::Duration {
+        self.git
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(300), |g| g.fetch_timeout())
     }
 }
 
@@ -212,6 +248,7 @@ fn install_collection(checkout: &Checkout, role: &RoleSource) -> Result<String, 
     }
     let link = checkout
         .collections
+        .join("collection")
         .join("ansible_collections")
         .join(&meta.namespace)
         .join(&meta.name);

@@ -28,6 +28,12 @@ pub(super) fn run_environment(plugins: &Path, local_tmp: &Path) -> Vec<(String, 
         ("ARS_EVENTS_FD", EVENTS_FD.to_string()),
         ("ANSIBLE_LOCAL_TEMP", local_tmp.display().to_string()),
         ("ANSIBLE_RETRY_FILES_ENABLED", "False".into()),
+        // Inventories are data files: an executable one (a git inventory
+        // a caller points at) is never run as an inventory script.
+        (
+            "ANSIBLE_INVENTORY_ENABLED",
+            "host_list,yaml,ini,toml".into(),
+        ),
         ("ANSIBLE_NOCOLOR", "True".into()),
         ("ANSIBLE_FORCE_COLOR", "False".into()),
         ("PYTHONUNBUFFERED", "1".into()),
@@ -67,7 +73,7 @@ pub(super) fn source_environment(prepared: &Prepared) -> Vec<(String, String)> {
 fn role_playbook(name: &str, vars: &Map<String, Value>, gather_facts: bool) -> String {
     // The name is an identifier path (validated), so it is plain YAML.
     format!(
-        "[{{name: \"role {name}\", hosts: all, gather_facts: {gather_facts}, roles: [{{role: {name}, vars: {}}}]}}]\n",
+        "[{{name: \"role {name}\", hosts: all, gather_facts: {gather_facts}, roles: [{{role: \"{name}\", vars: {}}}]}}]\n",
         to_unsafe_yaml(&Value::Object(vars.clone()))
     )
 }
