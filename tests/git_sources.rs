@@ -1201,3 +1201,45 @@ async fn eviction_keeps_checkouts_in_use_and_removes_the_rest() {
     assert_eq!(status(&slow), pb::JobStatus::Successful);
     server.stop().await;
 }
+
+/// The processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    all_command_lines()
+        .lines()
+        .filter(|l| l.contains(needle) && !l.contains("git_http.py"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_canceled_while_fetching_ends_at_once_and_leaves_no_git_behind() {
+    let git = Git::start();
+    let slow = git.server.repo("platform/slow-cancel.git");
+    slow.write("site.yml", SITE);
+    slow.commit("first");
+    let history = History::new(Backend::Embedded).await;
+    let server = TestServer::start(&git.settings(&history.settings)).await;
+    let mut client = server.client.clone();
+    git.server.set_delay(30);
+    let job = submit(&mut client, git_playbook(&slow.url, "main", "site.yml")).await;
+    eventually(Duration::from_secs(20), "git to fetch", || async {
+        (!processes_mentioning("slow-cancel.git").is_empty()).then_some(())
+    })
+    .await;
+    client
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap();
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    git.server.set_delay(0);
+    assert_eq!(status(&done), pb::JobStatus::Canceled, "{}", done.error);
+    eventually(Duration::from_secs(10), "git to be gone", || async {
+        processes_mentioning("slow-cancel.git")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    server.stop().await;
+}
