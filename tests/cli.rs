@@ -3,21 +3,11 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::Duration;
 
 use common::process::ServiceProcess;
 use common::*;
 use tokio::io::AsyncBufReadExt;
-
-fn cli(server: &str, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
-        .args(args)
-        .env("ARS_SERVER", server)
-        .env_remove("ARS_TOKEN")
-        .output()
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

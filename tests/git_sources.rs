@@ -1019,15 +1019,6 @@ async fn keys_run_only_the_sources_their_scopes_allow() {
     server.stop().await;
 }
 
-fn cli(server: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
-        .args(args)
-        .env("ARS_SERVER", server)
-        .env_remove("ARS_TOKEN")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_runs_git_sources_and_shows_their_commits() {
     let git = Git::start();

@@ -161,58 +161,39 @@ pub fn job_details(job: &pb::Job) -> String {
         (commit, "") => commit.to_owned(),
         (commit, reference) => format!("{commit} ({reference})"),
     };
+    let at = |r: &str| {
+        if r.is_empty() {
+            "HEAD".to_owned()
+        } else {
+            r.to_owned()
+        }
+    };
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<11}{value}\n"));
     if let Some(git) = &job.git_playbook {
-        out.push_str(&format!(
-            "source:    {} {} at {}
-commit:    {}
-",
-            git.repo,
-            git.path,
-            if git.r#ref.is_empty() {
-                "HEAD"
-            } else {
-                &git.r#ref
-            },
-            resolved(&job.source_commit, &job.source_ref)
-        ));
+        line(
+            "source:",
+            format!("{} {} at {}", git.repo, git.path, at(&git.r#ref)),
+        );
+        line("commit:", resolved(&job.source_commit, &job.source_ref));
     }
     if let Some(role) = &job.role {
-        out.push_str(&format!(
-            "role:      {}
-",
-            role.name
-        ));
+        line("role:", role.name.clone());
         if !role.repo.is_empty() {
-            out.push_str(&format!(
-                "source:    {} at {}
-commit:    {}
-",
-                role.repo,
-                if role.r#ref.is_empty() {
-                    "HEAD"
-                } else {
-                    &role.r#ref
-                },
-                resolved(&job.source_commit, &job.source_ref)
-            ));
+            line("source:", format!("{} at {}", role.repo, at(&role.r#ref)));
+            line("commit:", resolved(&job.source_commit, &job.source_ref));
         }
     }
     if let Some(pb::inventory::Source::Git(git)) =
         job.inventory.as_ref().and_then(|i| i.source.as_ref())
     {
-        out.push_str(&format!(
-            "inventory: {} {} at {}
-           commit {}
-",
-            git.repo,
-            git.path,
-            if git.r#ref.is_empty() {
-                "HEAD"
-            } else {
-                &git.r#ref
-            },
-            resolved(&job.inventory_commit, "")
-        ));
+        line(
+            "inventory:",
+            format!("{} {} at {}", git.repo, git.path, at(&git.r#ref)),
+        );
+        line(
+            "",
+            format!("commit {}", resolved(&job.inventory_commit, "")),
+        );
     }
     if !job.error.is_empty() {
         out.push_str(&format!(

@@ -7,8 +7,10 @@ use std::process::Stdio;
 
 use super::executor::{Prepared, Target};
 use super::Worker;
-use crate::domain::{ErrorReason, Inventory, Job, Outcome, Resolved, RoleSource, Source};
-use crate::sources::{passed_through, remove_tree, Checkout, KillGroupOnDrop, SourceError};
+use crate::domain::{ErrorReason, GitFile, Inventory, Job, Outcome, Resolved, RoleSource, Source};
+use crate::sources::{
+    passed_through, remove_tree, Checkout, GitCache, KillGroupOnDrop, SourceError,
+};
 
 /// A prepared run and the checkouts it holds until it ends.
 pub(crate) struct Ready {
@@ -24,6 +26,16 @@ fn outcome_of(e: SourceError) -> Outcome {
         }
         SourceError::NotFound(message) => Outcome::not_run(ErrorReason::SourceNotFound, message),
     }
+}
+
+/// The checkout of a git file's commit, and the file in it.
+async fn checkout_file(git: &GitCache, file: &GitFile) -> Result<(Checkout, PathBuf), Outcome> {
+    let checkout = git
+        .checkout(&file.repo, &file.git_ref)
+        .await
+        .map_err(outcome_of)?;
+    let path = checkout.file(&file.path, &file.repo).map_err(outcome_of)?;
+    Ok((checkout, path))
 }
 
 impl Worker {
@@ -52,11 +64,7 @@ impl Worker {
                 }
             },
             Source::GitPlaybook(file) => {
-                let checkout = git()?
-                    .checkout(&file.repo, &file.git_ref)
-                    .await
-                    .map_err(outcome_of)?;
-                let path = checkout.file(&file.path, &file.repo).map_err(outcome_of)?;
+                let (checkout, path) = checkout_file(git()?, file).await?;
                 if let Some(installed) = self.requirements(&checkout).await.map_err(outcome_of)? {
                     collections.push(installed);
                 }
@@ -89,11 +97,7 @@ impl Worker {
         };
         let inventory_file = match &spec.inventory {
             Inventory::Git(file) => {
-                let checkout = git()?
-                    .checkout(&file.repo, &file.git_ref)
-                    .await
-                    .map_err(outcome_of)?;
-                let path = checkout.file(&file.path, &file.repo).map_err(outcome_of)?;
+                let (checkout, path) = checkout_file(git()?, file).await?;
                 resolved.inventory_commit = Some(checkout.commit.clone());
                 checkouts.push(checkout);
                 Some(path)

@@ -259,6 +259,17 @@ pub async fn connect(addr: std::net::SocketAddr) -> JobServiceClient<Channel> {
     }
 }
 
+/// The binary's client command `args` against `server` (ARS_SERVER), with
+/// no key; its output.
+pub fn cli(server: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
+        .args(args)
+        .env("ARS_SERVER", server)
+        .env_remove("ARS_TOKEN")
+        .output()
+        .unwrap()
+}
+
 pub fn vars(json: serde_json::Value) -> Option<prost_types::Struct> {
     let serde_json::Value::Object(map) = json else {
         panic!("extra vars must be an object")
