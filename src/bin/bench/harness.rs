@@ -195,12 +195,25 @@ async fn delete_redis_keys(url: &str, pattern: &str) -> Result<(), fred::error::
 
 /// Submits hello.yml (or another playbook) and returns the new job's id.
 pub async fn submit(client: &JobServiceClient<Channel>, playbook: &str) -> String {
+    submit_request(client, &playbook_request(playbook)).await
+}
+
+/// A SubmitJob request for a catalogue playbook, everything else default.
+pub fn playbook_request(playbook: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        playbook: playbook.into(),
+        ..Default::default()
+    }
+}
+
+/// Submits `request` and returns the new job's id.
+pub async fn submit_request(
+    client: &JobServiceClient<Channel>,
+    request: &pb::SubmitJobRequest,
+) -> String {
     client
         .clone()
-        .submit_job(pb::SubmitJobRequest {
-            playbook: playbook.into(),
-            ..Default::default()
-        })
+        .submit_job(request.clone())
         .await
         .expect("submit")
         .into_inner()

@@ -24,6 +24,12 @@
 //!   order checks, and the server's resident memory per watcher.
 //! - (f) throughput of `--throughput-jobs` hello.yml jobs with 4 workers, for
 //!   each executor, next to `xargs -P 4 ansible-playbook` on as many runs.
+//! - (g) git sources: a playbook from a git repository on a loopback smart-HTTP
+//!   server (basic auth), submit-to-terminal one job at a time on one warm
+//!   service: its first run (fetch and checkout included), then
+//!   `--latency-jobs` runs with the ref fresh in the cache, interleaved with as
+//!   many catalogue hello.yml runs; medians, p90s, their difference (target
+//!   ≤ 20 ms), the clone cost, and the git requests during the cached runs.
 //!
 //! Every service runs on a database and Redis prefix of its own (all dropped
 //! at the end), so that no section's jobs leak into another's.
@@ -36,6 +42,7 @@
 //! one module per section, `report` (bench.json and the Markdown report).
 
 mod get_job;
+mod git_sources;
 mod harness;
 mod list_jobs;
 mod report;
@@ -62,6 +69,7 @@ enum Section {
     D,
     E,
     F,
+    G,
 }
 
 #[derive(Debug, Parser)]
@@ -71,7 +79,8 @@ struct Args {
     mysql: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
-    /// Jobs for the latency comparison (a), per executor and direct.
+    /// Jobs for the latency comparison (a), per executor and direct; and for
+    /// (g), cached git runs and as many catalogue runs.
     #[arg(long, default_value_t = 30)]
     latency_jobs: usize,
     /// Seconds of load for the throughput sections (b) and (c).
@@ -217,6 +226,10 @@ async fn main() {
     if bench.args.runs(Section::F) {
         let f = throughput::section_f(&mut bench).await;
         report.insert("f_throughput".into(), f);
+    }
+    if bench.args.runs(Section::G) {
+        let g = git_sources::section_g(&mut bench).await;
+        report.insert("g_git_sources".into(), g);
     }
     if [Section::B, Section::C, Section::D]
         .iter()

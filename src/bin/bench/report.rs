@@ -428,6 +428,80 @@ fn markdown(report: &Value) -> String {
         md.push_str(not_run);
     }
 
+    md.push_str("\n## g. Git sources\n\n");
+    if report.get("g_git_sources").is_some() {
+        let g = "/g_git_sources";
+        md.push_str(&format!(
+            "A playbook from git (hello.yml's content as `site.yml`, ref `main`), served over \
+             smart HTTP with basic auth by tests/common/git_http.py on loopback, on one service \
+             with the warm executor, SubmitJob then WatchJob to the terminal status, one job at \
+             a time, after one catalogue warm-up run: the first git run (the mirror's fetch and \
+             the checkout included), then {} git runs with the ref fetched within the freshness \
+             window ({} s), each paired with a run of the catalogue's hello.yml (which of the \
+             two runs first alternates from pair to pair). A job counts as failed unless it \
+             ends SUCCESSFUL with the expected commit.\n\n",
+            fixed(&format!("{g}/jobs"), 0),
+            fixed(&format!("{g}/fetch_fresh_for_seconds"), 0),
+        ));
+        md.push_str(head);
+        md.push_str(&row(
+            "First git run, clone included",
+            ms(&format!("{g}/first_run_ms")),
+            "—",
+            None,
+        ));
+        for (key, name) in [
+            ("git_cached", "Cached git runs"),
+            ("catalogue", "Catalogue hello.yml"),
+        ] {
+            md.push_str(&row(
+                &format!("{name}, median / p90"),
+                format!(
+                    "{} / {}",
+                    ms(&format!("{g}/{key}/p50_ms")),
+                    ms(&format!("{g}/{key}/p90_ms"))
+                ),
+                "—",
+                None,
+            ));
+        }
+        let difference = num(&format!("{g}/git_median_minus_catalogue_median_ms"));
+        md.push_str(&row(
+            "Cached git median − catalogue median",
+            ms(&format!("{g}/git_median_minus_catalogue_median_ms")),
+            "≤ 20 ms",
+            difference.map(|d| d <= crate::git_sources::TARGET_MS),
+        ));
+        md.push_str(&row(
+            "Median of the git − catalogue differences within pairs",
+            ms(&format!("{g}/median_of_paired_differences_ms")),
+            "—",
+            None,
+        ));
+        md.push_str(&row(
+            "Clone cost (first run − catalogue median)",
+            ms(&format!("{g}/clone_cost_ms")),
+            "—",
+            None,
+        ));
+        let requests = num(&format!("{g}/git_requests_during_cached_runs"));
+        md.push_str(&row(
+            "Git server requests during the cached runs",
+            fixed(&format!("{g}/git_requests_during_cached_runs"), 0),
+            "0",
+            requests.map(|r| r == 0.0),
+        ));
+        let failed = num(&format!("{g}/failed"));
+        md.push_str(&row(
+            "Failed jobs",
+            fixed(&format!("{g}/failed"), 0),
+            "0",
+            failed.map(|f| f == 0.0),
+        ));
+    } else {
+        md.push_str(not_run);
+    }
+
     md.push_str("\n## Analysis\n\n(written by hand after the run)\n");
     md
 }

@@ -1,5 +1,7 @@
 //! Section (a): submit-to-terminal latency of hello.yml, one job at a time,
 //! for the warm and the plain executor, next to ansible-playbook run directly.
+//! Its submit-and-watch step, [`run_to_end`], takes any SubmitJob request;
+//! section (g) uses it for git playbooks.
 
 use std::time::Instant;
 
@@ -9,34 +11,59 @@ use ansible_runner_service::pb::{
 use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 
-use crate::harness::{median, progress, submit, summary, Bench, Direct, Service, EXECUTORS};
+use crate::harness::{
+    median, playbook_request, progress, submit_request, summary, Bench, Direct, Service, EXECUTORS,
+};
 
-/// (a) submit → watch to the end, one job at a time. Returns the latencies
-/// in seconds and how many jobs did not end SUCCESSFUL.
-async fn latency(client: &JobServiceClient<Channel>, jobs: usize) -> (Vec<f64>, usize) {
+/// Submits `request`, then watches the job to its terminal status. Returns
+/// the seconds from the submit to the terminal status, and the terminal job
+/// (None if the stream ended without one).
+pub async fn run_to_end(
+    client: &JobServiceClient<Channel>,
+    request: &pb::SubmitJobRequest,
+) -> (f64, Option<pb::Job>) {
+    let mut client = client.clone();
+    let started = Instant::now();
+    let job_id = submit_request(&client, request).await;
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id,
+            after_sequence: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut terminal = None;
+    while let Some(message) = stream.message().await.expect("stream") {
+        if let Some(Kind::StatusChange(job)) = message.kind {
+            terminal = Some(job);
+            break;
+        }
+    }
+    (started.elapsed().as_secs_f64(), terminal)
+}
+
+/// Whether a terminal job (from [`run_to_end`]) ended SUCCESSFUL.
+pub fn successful(job: &Option<pb::Job>) -> bool {
+    job.as_ref()
+        .is_some_and(|job| job.status == pb::JobStatus::Successful as i32)
+}
+
+/// (a) submit `request` → watch to the end, one job at a time. Returns the
+/// latencies in seconds and how many jobs did not end SUCCESSFUL.
+async fn latency(
+    client: &JobServiceClient<Channel>,
+    request: &pb::SubmitJobRequest,
+    jobs: usize,
+) -> (Vec<f64>, usize) {
     let mut samples = Vec::new();
     let mut failed = 0;
     for _ in 0..jobs {
-        let mut client = client.clone();
-        let started = Instant::now();
-        let job_id = submit(&client, "hello.yml").await;
-        let mut stream = client
-            .watch_job(pb::WatchJobRequest {
-                job_id,
-                after_sequence: 0,
-            })
-            .await
-            .expect("watch")
-            .into_inner();
-        while let Some(message) = stream.message().await.expect("stream") {
-            if let Some(Kind::StatusChange(job)) = message.kind {
-                if job.status != pb::JobStatus::Successful as i32 {
-                    failed += 1;
-                }
-                break;
-            }
+        let (seconds, job) = run_to_end(client, request).await;
+        if !successful(&job) {
+            failed += 1;
         }
-        samples.push(started.elapsed().as_secs_f64());
+        samples.push(seconds);
     }
     (samples, failed)
 }
@@ -51,8 +78,9 @@ pub async fn section_a(bench: &mut Bench) -> Value {
         settings.executor = kind;
         progress(&format!("(a) {label} executor: {jobs} jobs"));
         let service = Service::start(&settings).await;
-        latency(&service.client, 1).await;
-        let (samples, failed) = latency(&service.client, jobs).await;
+        let hello = playbook_request("hello.yml");
+        latency(&service.client, &hello, 1).await;
+        let (samples, failed) = latency(&service.client, &hello, jobs).await;
         service.stop().await;
         services.push((label, samples, failed));
     }
