@@ -8,6 +8,7 @@ pub mod git_server;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod sshd;
 
 #[allow(unused_imports)]
 pub use pki::Pki;
