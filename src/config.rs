@@ -30,7 +30,10 @@ impl Command {
             Command::Worker(args) => args.run.store.log_format,
             Command::Migrate(store) => store.log_format,
             Command::Prune(args) => args.store.log_format,
-            Command::Health(_) | Command::Keys(_) | Command::Client(_) => LogFormat::Human,
+            Command::Health(_)
+            | Command::Keys(_)
+            | Command::Credentials(_)
+            | Command::Client(_) => LogFormat::Human,
         }
     }
 }
@@ -56,6 +59,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage named credentials (SSH keys, vault and become passwords), sealed in the history with the master key.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
     /// Client: talk to a running server (run, get, list, watch, cancel, playbooks).
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
@@ -138,6 +144,9 @@ pub enum KeysCommand {
         /// A git repository (`git:HOST/PATH`, e.g. 'git:git.example.com/platform/*') or installed role (`role:NAME`) the client may run, as a glob; repeat for more. Default: every source, or none when --playbooks limits the client.
         #[arg(long = "sources", value_name = "GLOB")]
         sources: Vec<String>,
+        /// A named credential the client may give its jobs, as a glob; repeat for more. Default: every credential, or none when --playbooks limits the client.
+        #[arg(long = "credentials", value_name = "GLOB")]
+        credentials: Vec<String>,
         /// What the client may do: a comma-separated list of run, cancel, read. Default: all three.
         #[arg(long, value_name = "LIST")]
         actions: Option<String>,
@@ -170,15 +179,85 @@ impl KeysCommand {
     pub fn scope_words(
         playbooks: &[String],
         sources: &[String],
+        credentials: &[String],
         actions: &Option<String>,
         jobs: &Option<String>,
     ) -> Vec<String> {
         let mut words: Vec<String> = playbooks.iter().map(|p| format!("playbooks={p}")).collect();
         words.extend(sources.iter().map(|s| format!("sources={s}")));
+        words.extend(credentials.iter().map(|c| format!("credentials={c}")));
         words.extend(actions.iter().map(|a| format!("actions={a}")));
         words.extend(jobs.iter().map(|j| format!("jobs={j}")));
         words
     }
+}
+
+/// Where credentials live and the key that seals them.
+#[derive(Debug, Args)]
+pub struct CredentialStoreArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File of the master key (base64; `credentials new-key`); unset: the CREDENTIALS_KEY environment variable.
+    #[arg(long, env = "CREDENTIALS_KEY_FILE")]
+    pub credentials_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Print a new random master key (base64): keep it in a file readable by the service only.
+    NewKey,
+    /// Create (or replace) a credential; its values are read from files, never from the command line.
+    Create {
+        /// The credential's name, as jobs name it.
+        #[arg(long)]
+        name: String,
+        /// ssh, vault or become.
+        #[arg(long)]
+        kind: String,
+        /// ssh: the private key file (OpenSSH or PEM, without a passphrase).
+        #[arg(long, value_name = "FILE")]
+        ssh_key_file: Option<PathBuf>,
+        /// ssh: the user to log in as.
+        #[arg(long)]
+        user: Option<String>,
+        /// ssh: known_hosts lines of the hosts it reaches; unset: the workers' own known hosts.
+        #[arg(long, value_name = "FILE")]
+        known_hosts_file: Option<PathBuf>,
+        /// ssh: trust a host seen for the first time (for the run), instead of refusing it.
+        #[arg(long)]
+        accept_new_host_keys: bool,
+        /// vault, become: a file whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// vault: the vault id (`--vault-id ID@...`); default "default".
+        #[arg(long)]
+        vault_id: Option<String>,
+        #[command(flatten)]
+        at: CredentialStoreArgs,
+    },
+    /// List credentials: names, kinds, users and fingerprints, never values.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a credential; jobs that name it and have not started fail (CREDENTIAL_UNAVAILABLE).
+    Delete {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Seal every credential again with a new master key (the current one opens them).
+    Rekey {
+        /// File of the new master key.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+        #[command(flatten)]
+        at: CredentialStoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +378,9 @@ pub struct RunArgs {
     pub no_migrate: bool,
     #[command(flatten)]
     pub git: GitArgs,
+    /// File of the master key (base64, 32 bytes; `credentials new-key`) that opens named credentials; workers need it to run jobs that name credentials. Unset: the CREDENTIALS_KEY environment variable, else none.
+    #[arg(long, env = "CREDENTIALS_KEY_FILE")]
+    pub credentials_key_file: Option<PathBuf>,
 }
 
 /// Git sources: read by API servers (which repositories a job may name) and
@@ -404,6 +486,7 @@ impl RunArgs {
             connect_timeout: self.store.connect_timeout(),
             migrate: !self.no_migrate,
             git: self.git.settings(),
+            credentials_key_file: self.credentials_key_file.clone(),
             // The rest is the API server's (ServeArgs sets it).
             ..Settings::embedded()
         }

@@ -10,7 +10,8 @@
 //!    start), then [`store`] (the history: SeaORM on MariaDB or SQLite),
 //!    [`live`] (live state, dispatch and fan-out: Redis via fred, or
 //!    in-process), [`catalogue`] (the playbooks that may be run) and
-//!    [`sources`] (git sources: the workers' cache of mirrors and checkouts);
+//!    [`sources`] (git sources: the workers' cache of mirrors and checkouts)
+//!    and [`credentials`] (sealing named credentials with the master key);
 //! 5. [`app`]: the use-cases (submit, get, list, watch, cancel, prune), one
 //!    function each, whoever calls them;
 //! 6. [`worker`]: claiming jobs, leases, running playbooks, the sweeper;
@@ -26,6 +27,7 @@ pub mod domain;
 pub mod settings;
 
 pub mod catalogue;
+pub mod credentials;
 pub mod live;
 pub mod metrics;
 pub mod retry;

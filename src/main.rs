@@ -55,11 +55,13 @@ async fn run(command: Command) -> Result<(), Error> {
             file,
             playbooks,
             sources,
+            credentials,
             actions,
             jobs,
             certificate,
         }) => {
-            let words = KeysCommand::scope_words(&playbooks, &sources, &actions, &jobs);
+            let words =
+                KeysCommand::scope_words(&playbooks, &sources, &credentials, &actions, &jobs);
             let scopes =
                 ansible_runner_service::domain::Scopes::parse(words.iter().map(String::as_str))
                     .map_err(|e| Error::invalid("scopes", e))?;
@@ -68,6 +70,9 @@ async fn run(command: Command) -> Result<(), Error> {
         Command::Keys(KeysCommand::List { file }) => keys::list(&file),
         Command::Keys(KeysCommand::Revoke { name, file }) => keys::revoke(&file, &name),
         Command::Prune(args) => prune(args).await,
+        Command::Credentials(command) => {
+            ansible_runner_service::cli::credentials::run(command).await
+        }
         Command::Client(_) => unreachable!("client commands return earlier"),
         Command::Serve(args) => {
             let settings = args.settings();
@@ -221,7 +226,9 @@ fn check_flags(command: &Command) -> Result<(), Error> {
         ),
         Command::Prune(args) => (&args.store.database_url, args.redis_url.as_deref(), None),
         Command::Migrate(store) => (&store.database_url, None, None),
-        Command::Health(_) | Command::Keys(_) | Command::Client(_) => return Ok(()),
+        Command::Health(_) | Command::Keys(_) | Command::Credentials(_) | Command::Client(_) => {
+            return Ok(())
+        }
     };
     if !(database_url.starts_with("mysql://") || database_url.starts_with("sqlite:")) {
         return Err(Error::Config(format!(

@@ -2,6 +2,7 @@
 //! use-cases, next to in-process workers and the sweeper, until shutdown.
 //! Shared by `main` and the tests.
 
+use crate::credentials::MasterKey;
 use crate::sources::GitCache;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use crate::grpc::auth::{Access, KeyRing};
 use crate::grpc::JobApi;
 use crate::pb::job_service_server::JobServiceServer;
 use crate::settings::{Settings, TlsSettings};
-use crate::worker::{Executor, Sweeper, Worker, WorkerTiming};
+use crate::worker::{Executor, RunResources, Sweeper, Worker, WorkerTiming};
 
 fn tls_config(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, Error> {
     let read = |flag: &str, path: &PathBuf| {
@@ -184,7 +185,10 @@ pub async fn run_workers(
                 shutdown_grace: settings.shutdown_grace,
             },
             settings.queues.clone(),
-            git,
+            RunResources {
+                git,
+                master_key: MasterKey::load(settings.credentials_key_file.as_deref())?,
+            },
         );
         worker.run(settings.workers, shutdown.clone()).await;
     } else {

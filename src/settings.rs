@@ -51,6 +51,8 @@ pub struct Settings {
     pub migrate: bool,
     /// Git sources: the allowed providers and the workers' cache.
     pub git: GitSettings,
+    /// The master key that opens credentials (workers); else CREDENTIALS_KEY.
+    pub credentials_key_file: Option<PathBuf>,
 }
 
 /// Where git sources may come from, and how workers cache them.
@@ -120,6 +122,7 @@ impl Settings {
             connect_timeout: secs(defaults::CONNECT_TIMEOUT_SECONDS),
             migrate: true,
             git: GitSettings::default(),
+            credentials_key_file: None,
         }
     }
 }

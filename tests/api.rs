@@ -632,6 +632,7 @@ fn finished_jobs(n: usize, playbook: &str) -> Vec<Job> {
             let spec = JobSpec {
                 playbook: playbook.into(),
                 source: Default::default(),
+                credentials: Vec::new(),
                 extra_vars: Default::default(),
                 inventory: domain::Inventory::Localhost,
                 options: domain::JobOptions::default(),

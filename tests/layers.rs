@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain"],
     &["settings"],
     &["retry", "metrics", "startup"],
-    &["store", "live", "catalogue", "sources"],
+    &["store", "live", "catalogue", "sources", "credentials"],
     &["app"],
     &["worker"],
     &["pb", "grpc"],

@@ -431,6 +431,7 @@ fn submission_of(fields: &Fields) -> Submission {
         secret_extra_vars: serde_json::Map::new(),
         queue: fields.queue.clone(),
         source: Default::default(),
+        credentials: Vec::new(),
     }
 }
 
@@ -509,6 +510,7 @@ proptest! {
             secret_extra_vars: serde_json::Map::new(),
             queue,
             source: Default::default(),
+            credentials: Vec::new(),
         }, &Limits::default());
     }
 }

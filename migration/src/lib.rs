@@ -37,6 +37,7 @@ mod m20261129_000005_exact_match;
 mod m20261202_000001_client_scopes;
 mod m20261202_000002_queues;
 mod m20261202_000003_git_sources;
+mod m20261202_000004_credentials;
 
 /// Runs this crate's migrations in order.
 pub struct Migrator;
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_client_scopes::Migration),
             Box::new(m20261202_000002_queues::Migration),
             Box::new(m20261202_000003_git_sources::Migration),
+            Box::new(m20261202_000004_credentials::Migration),
         ]
     }
 }

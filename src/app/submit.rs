@@ -68,6 +68,8 @@ impl AppState {
         if let Inventory::Git(file) = &valid.spec.inventory {
             caller.require_source(&repo_scope_name(&file.repo))?;
         }
+        self.check_credentials(caller, &valid.spec.credentials)
+            .await?;
         let mut job = Job::new(
             valid.spec,
             valid.request_id,
@@ -136,6 +138,33 @@ impl AppState {
             }
         }
         Ok(job)
+    }
+
+    /// The job's credentials: each one the caller may use (PERMISSION_DENIED),
+    /// existing (NOT_FOUND), at most one of a kind (INVALID_ARGUMENT).
+    async fn check_credentials(&self, caller: &Caller, names: &[String]) -> Result<(), Error> {
+        for name in names {
+            caller.require_credential(name)?;
+        }
+        let found = self.store.credentials_named(names).await?;
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !found.iter().any(|c| &c.info.name == *n))
+        {
+            return Err(Error::CredentialNotFound(missing.clone()));
+        }
+        for (i, credential) in found.iter().enumerate() {
+            if found[..i]
+                .iter()
+                .any(|c| c.info.kind == credential.info.kind)
+            {
+                return Err(Error::invalid(
+                    "credentials",
+                    format!("at most one {} credential per job", credential.info.kind),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// RESOURCE_EXHAUSTED (with a QuotaFailure) when the caller already has

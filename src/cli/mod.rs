@@ -2,6 +2,7 @@
 //! ansible-playbook prints it; `get`, `list`, `watch`, `cancel`, `playbooks`
 //! cover the rest of the API. It talks to any server over gRPC.
 
+pub mod credentials;
 pub mod keys;
 mod output;
 
@@ -154,6 +155,9 @@ pub struct RunArgs {
     /// With --inventory-repo: the inventory file's path in the repository.
     #[arg(long, value_name = "PATH", requires = "inventory_repo")]
     pub inventory_file: Option<String>,
+    /// A named credential the run gets (an SSH key, a vault or become password; see `credentials list`); repeatable.
+    #[arg(long = "credential", value_name = "NAME")]
+    pub credentials: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// Extra variables, as ansible-playbook takes them: KEY=VALUE (VALUE may be JSON), a JSON object, or @FILE of JSON or YAML; repeatable, later ones win.
@@ -543,6 +547,7 @@ fn submit_request(run: &RunArgs) -> Result<pb::SubmitJobRequest, CliError> {
     Ok(pb::SubmitJobRequest {
         playbook,
         source,
+        credentials: run.credentials.clone(),
         extra_vars: Some(json_to_struct(&vars)),
         inventory: inventory.map(|source| pb::Inventory {
             source: Some(source),

@@ -62,6 +62,8 @@ pub struct Scopes {
     /// Glob patterns of the sources (git repositories, installed roles) it
     /// may run; None: every source.
     sources: Option<(Vec<String>, GlobSet)>,
+    /// Glob patterns of the named credentials it may use; None: every one.
+    credentials: Option<(Vec<String>, GlobSet)>,
     actions: u8,
     jobs: Visibility,
 }
@@ -84,6 +86,7 @@ impl Scopes {
         Scopes {
             playbooks: None,
             sources: None,
+            credentials: None,
             actions: Action::ALL.iter().map(|a| a.bit()).sum(),
             jobs: Visibility::All,
         }
@@ -96,10 +99,11 @@ impl Scopes {
         let mut scopes = Scopes::full();
         let mut patterns: Vec<String> = Vec::new();
         let mut source_patterns: Vec<String> = Vec::new();
+        let mut credential_patterns: Vec<String> = Vec::new();
         let mut actions_given = false;
         for word in words {
             let (name, value) = word.split_once('=').ok_or_else(|| {
-                format!("scope {word:?}: expected playbooks=GLOB, sources=GLOB, actions=LIST or jobs=own|all")
+                format!("scope {word:?}: expected playbooks=GLOB, sources=GLOB, credentials=GLOB, actions=LIST or jobs=own|all")
             })?;
             match name {
                 "playbooks" => {
@@ -109,6 +113,10 @@ impl Scopes {
                 "sources" => {
                     glob(name, value)?;
                     source_patterns.push(value.to_owned());
+                }
+                "credentials" => {
+                    glob(name, value)?;
+                    credential_patterns.push(value.to_owned());
                 }
                 "actions" => {
                     if !actions_given {
@@ -134,7 +142,7 @@ impl Scopes {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown scope {name:?}: expected playbooks, sources, actions or jobs"
+                        "unknown scope {name:?}: expected playbooks, sources, credentials, actions or jobs"
                     ))
                 }
             }
@@ -142,9 +150,14 @@ impl Scopes {
         let limited = !patterns.is_empty();
         scopes.playbooks = glob_set("playbooks", patterns)?;
         scopes.sources = glob_set("sources", source_patterns)?;
+        scopes.credentials = glob_set("credentials", credential_patterns)?;
+        // Limited to some playbooks: no git source, role or credential
+        // either, unless named.
         if limited && scopes.sources.is_none() {
-            // Limited to some playbooks: no git source or role either.
             scopes.sources = Some((Vec::new(), GlobSet::empty()));
+        }
+        if limited && scopes.credentials.is_none() {
+            scopes.credentials = Some((Vec::new(), GlobSet::empty()));
         }
         Ok(scopes)
     }
@@ -157,6 +170,9 @@ impl Scopes {
         }
         if let Some((patterns, _)) = &self.sources {
             words.extend(patterns.iter().map(|p| format!("sources={p}")));
+        }
+        if let Some((patterns, _)) = &self.credentials {
+            words.extend(patterns.iter().map(|p| format!("credentials={p}")));
         }
         if self.actions != Scopes::full().actions {
             let actions: Vec<&str> = Action::ALL
@@ -188,6 +204,14 @@ impl Scopes {
     /// may run.
     pub fn may_run_source(&self, name: &str) -> bool {
         match &self.sources {
+            None => true,
+            Some((_, set)) => set.is_match(name),
+        }
+    }
+
+    /// Whether a named credential is one this client may use.
+    pub fn may_use_credential(&self, name: &str) -> bool {
+        match &self.credentials {
             None => true,
             Some((_, set)) => set.is_match(name),
         }
@@ -297,6 +321,20 @@ impl Caller {
         })
     }
 
+    /// PERMISSION_DENIED unless the caller may use this credential.
+    pub fn require_credential(&self, name: &str) -> Result<(), Error> {
+        if self.scopes.may_use_credential(name) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            reason: "CREDENTIAL_NOT_PERMITTED",
+            message: format!(
+                "client {} may not use credential {name:?} (its key's credentials= scopes do not allow it)",
+                self.label()
+            ),
+        })
+    }
+
     /// Whether the caller sees this job: every job, or only its own.
     pub fn sees(&self, job: &Job) -> bool {
         match self.scopes.jobs() {
@@ -364,6 +402,17 @@ mod tests {
         assert!(Scopes::parse(["actions=run"])
             .unwrap()
             .may_run_source("role:x"));
+        let creds = Scopes::parse(["playbooks=hello.yml", "credentials=prod-*"]).unwrap();
+        assert!(creds.may_use_credential("prod-ssh") && !creds.may_use_credential("dev-ssh"));
+        assert!(
+            !scopes.may_use_credential("prod-ssh"),
+            "limited keys use no credential"
+        );
+        assert!(Scopes::full().may_use_credential("any"));
+        assert_eq!(
+            Scopes::parse(creds.words().iter().map(String::as_str)).unwrap(),
+            creds
+        );
         for bad in [
             "actions=delete",
             "jobs=some",

@@ -38,6 +38,8 @@ pub enum Error {
     JobNotFound(String),
     #[error("playbook {0:?} is not in the catalogue")]
     PlaybookNotFound(String),
+    #[error("credential {0:?} does not exist")]
+    CredentialNotFound(String),
     #[error("{0}")]
     InvalidState(String),
     /// A limit per caller or per request was reached.

@@ -99,10 +99,14 @@ pub enum ErrorReason {
     SourceUnavailable,
     /// The git ref, the path inside the repository or the role is not there.
     SourceNotFound,
+    /// A credential the job names could not be opened on the worker (gone
+    /// since the submit, or no master key there).
+    CredentialUnavailable,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 9] = [
+    pub const ALL: [ErrorReason; 10] = [
+        ErrorReason::CredentialUnavailable,
         ErrorReason::SourceUnavailable,
         ErrorReason::SourceNotFound,
         ErrorReason::SecretsLost,
@@ -125,6 +129,7 @@ impl ErrorReason {
             ErrorReason::ExecutorError => "EXECUTOR_ERROR",
             ErrorReason::SourceUnavailable => "SOURCE_UNAVAILABLE",
             ErrorReason::SourceNotFound => "SOURCE_NOT_FOUND",
+            ErrorReason::CredentialUnavailable => "CREDENTIAL_UNAVAILABLE",
         }
     }
 
@@ -138,7 +143,8 @@ impl ErrorReason {
             | ErrorReason::ExecutorError
             | ErrorReason::SecretsLost
             | ErrorReason::SourceUnavailable
-            | ErrorReason::SourceNotFound => JobStatus::Failed,
+            | ErrorReason::SourceNotFound
+            | ErrorReason::CredentialUnavailable => JobStatus::Failed,
         }
     }
 }
@@ -192,6 +198,9 @@ pub struct JobSpec {
     pub options: JobOptions,
     /// Seconds after which the run is stopped (TIMED_OUT); never 0 once stored.
     pub timeout_seconds: u32,
+    /// Names of the credentials the run gets (at most one per kind).
+    #[serde(default)]
+    pub credentials: Vec<String>,
 }
 
 /// Task results of one host, as in the PLAY RECAP.

@@ -2,6 +2,7 @@
 //! its input must follow. No transport, database or cache types in here.
 
 pub mod access;
+pub mod credential;
 mod error;
 mod job;
 pub mod source;

@@ -83,6 +83,8 @@ pub struct Submission {
     /// The queue (worker group) to run on; empty for the default.
     pub queue: String,
     pub source: RawSource,
+    /// Names of credentials, as sent.
+    pub credentials: Vec<String>,
 }
 
 /// A submission that passed every rule.
@@ -180,6 +182,27 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
         }
     };
     check("request_id", request_id(&sub.request_id));
+    if sub.credentials.len() > super::credential::MAX_CREDENTIALS_PER_JOB {
+        check(
+            "credentials",
+            Err(format!(
+                "at most {} credentials per job",
+                super::credential::MAX_CREDENTIALS_PER_JOB
+            )),
+        );
+    }
+    for (i, name) in sub.credentials.iter().enumerate() {
+        check(
+            &format!("credentials[{i}]"),
+            super::credential::credential_name(name),
+        );
+        if sub.credentials[..i].contains(name) {
+            check(
+                &format!("credentials[{i}]"),
+                Err(format!("{name:?} is named twice")),
+            );
+        }
+    }
     if !sub.queue.is_empty() {
         check("queue", queue_name(&sub.queue));
     }
@@ -266,6 +289,7 @@ pub fn submission(sub: Submission, limits: &Limits) -> Result<Validated, Error> 
                     inventory,
                     options: sub.options,
                     timeout_seconds,
+                    credentials: sub.credentials,
                 },
                 request_id,
                 secrets: sub.secret_extra_vars,

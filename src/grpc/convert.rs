@@ -176,6 +176,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         source_commit: job.resolved.source_commit.clone().unwrap_or_default(),
         source_ref: job.resolved.source_ref.clone().unwrap_or_default(),
         inventory_commit: job.resolved.inventory_commit.clone().unwrap_or_default(),
+        credentials: spec.credentials.clone(),
     }
 }
 
@@ -247,6 +248,7 @@ pub fn submission(req: pb::SubmitJobRequest) -> Submission {
             .map(struct_to_json)
             .unwrap_or_default(),
         queue: req.queue,
+        credentials: req.credentials,
         source: match req.source {
             None => RawSource::Catalogue,
             Some(pb::submit_job_request::Source::GitPlaybook(file)) => {

@@ -38,6 +38,12 @@ impl From<Error> for Status {
                 "PLAYBOOK_NOT_FOUND",
                 ErrorDetails::new(),
             ),
+            Error::CredentialNotFound(name) => with_reason(
+                Code::NotFound,
+                format!("credential {name:?} does not exist (see `credentials list`)"),
+                "CREDENTIAL_NOT_FOUND",
+                ErrorDetails::new(),
+            ),
             Error::InvalidState(message) => with_reason(
                 Code::FailedPrecondition,
                 message,

@@ -3,6 +3,7 @@
 //! row is committed, and every change after the claim is fenced by
 //! (attempt, worker id).
 
+mod credentials;
 pub mod entities;
 mod events;
 mod jobs;
@@ -12,6 +13,8 @@ mod rows;
 mod runs;
 mod schema;
 mod totals;
+
+pub use credentials::SealedCredential;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -75,6 +75,14 @@ pub(super) fn to_row(job: &Job) -> Result<jobs::ActiveModel, Error> {
         source_commit: Set(job.resolved.source_commit.clone()),
         source_ref: Set(job.resolved.source_ref.clone()),
         inventory_commit: Set(job.resolved.inventory_commit.clone()),
+        credentials: Set(if job.spec.credentials.is_empty() {
+            None
+        } else {
+            Some(json(
+                "credentials",
+                serde_json::to_string(&job.spec.credentials),
+            )?)
+        }),
     })
 }
 
@@ -110,6 +118,12 @@ pub(super) fn from_row(row: jobs::Model) -> Result<Job, Error> {
             options: serde_json::from_str(&row.options)
                 .map_err(|e| corrupt("options", e.to_string()))?,
             timeout_seconds: row.timeout_seconds.max(0) as u32,
+            credentials: match &row.credentials {
+                Some(c) => {
+                    serde_json::from_str(c).map_err(|e| corrupt("credentials", e.to_string()))?
+                }
+                None => Vec::new(),
+            },
         },
         created_at: from_micros(row.created_at),
         started_at: row.started_at.map(from_micros),

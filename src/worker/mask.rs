@@ -23,6 +23,15 @@ impl Masker {
         Masker { secrets: found }
     }
 
+    /// Masks these values too (a run's credentials).
+    pub fn with(mut self, values: Vec<String>) -> Masker {
+        self.secrets
+            .extend(values.into_iter().filter(|s| s.len() >= MIN_SECRET_LEN));
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets.dedup();
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
     }

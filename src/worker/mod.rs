@@ -13,6 +13,7 @@ mod sweeper;
 mod unsafe_yaml;
 mod warm;
 
+use crate::credentials::MasterKey;
 use crate::sources::GitCache;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +55,16 @@ pub struct Worker {
     pub(crate) host: String,
     /// The queues (worker groups) this worker takes jobs from.
     pub(crate) queues: Vec<String>,
+    pub(crate) resources: RunResources,
+}
+
+/// What a worker prepares runs with, beyond the catalogue.
+#[derive(Default)]
+pub struct RunResources {
     /// Git sources' cache; None without a providers file.
-    pub(crate) git: Option<Arc<GitCache>>,
+    pub git: Option<Arc<GitCache>>,
+    /// Opens the credentials jobs name; None without a master key.
+    pub master_key: Option<MasterKey>,
 }
 
 impl Worker {
@@ -75,7 +84,7 @@ impl Worker {
         executor: Executor,
         timing: WorkerTiming,
         queues: Vec<String>,
-        git: Option<Arc<GitCache>>,
+        resources: RunResources,
     ) -> Arc<Worker> {
         let host = hostname::get()
             .ok()
@@ -95,7 +104,7 @@ impl Worker {
             id,
             host,
             queues,
-            git,
+            resources,
         })
     }
 

@@ -7,6 +7,7 @@ use std::process::Stdio;
 
 use super::executor::{Prepared, Target};
 use super::Worker;
+use crate::domain::credential::Credential;
 use crate::domain::{ErrorReason, GitFile, Inventory, Job, Outcome, Resolved, RoleSource, Source};
 use crate::sources::{
     passed_through, remove_tree, Checkout, GitCache, KillGroupOnDrop, SourceError,
@@ -17,6 +18,17 @@ pub(crate) struct Ready {
     pub prepared: Prepared,
     pub resolved: Resolved,
     pub _checkouts: Vec<Checkout>,
+}
+
+impl Ready {
+    /// What the run's output must never show: its credentials' values.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.prepared
+            .credentials
+            .iter()
+            .flat_map(|c| c.secret.secret_values())
+            .collect()
+    }
 }
 
 fn outcome_of(e: SourceError) -> Outcome {
@@ -46,7 +58,7 @@ impl Worker {
         let mut resolved = Resolved::default();
         let mut collections = Vec::new();
         let git = || {
-            self.git.as_deref().ok_or_else(|| {
+            self.resources.git.as_deref().ok_or_else(|| {
                 Outcome::not_run(
                     ErrorReason::SourceUnavailable,
                     "this worker has no git providers (--git-providers), so it cannot fetch git sources",
@@ -104,15 +116,54 @@ impl Worker {
             }
             _ => None,
         };
+        let credentials = self.open_credentials(&spec.credentials).await?;
         Ok(Ready {
             prepared: Prepared {
                 target,
                 inventory_file,
                 collections,
+                credentials,
             },
             resolved,
             _checkouts: checkouts,
         })
+    }
+
+    /// The job's credentials, opened with this worker's master key.
+    async fn open_credentials(&self, names: &[String]) -> Result<Vec<Credential>, Outcome> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unavailable =
+            |message: String| Outcome::not_run(ErrorReason::CredentialUnavailable, message);
+        let key = self.resources.master_key.as_ref().ok_or_else(|| {
+            unavailable(
+                "this worker has no master key (--credentials-key-file or CREDENTIALS_KEY), so it cannot open credentials".into(),
+            )
+        })?;
+        let rows = self.store.credentials_named(names).await.map_err(|e| {
+            Outcome::not_run(
+                ErrorReason::ExecutorError,
+                format!("reading credentials: {e}"),
+            )
+        })?;
+        names
+            .iter()
+            .map(|name| {
+                let row = rows.iter().find(|r| &r.info.name == name).ok_or_else(|| {
+                    unavailable(format!(
+                        "credential {name:?} was deleted after the job was submitted"
+                    ))
+                })?;
+                let secret = key
+                    .open(&row.info.name, row.info.kind, &row.nonce, &row.sealed)
+                    .map_err(unavailable)?;
+                Ok(Credential {
+                    info: row.info.clone(),
+                    secret,
+                })
+            })
+            .collect()
     }
 
     /// Installs the collections a git playbook's `requirements.yml` (at the
@@ -204,7 +255,8 @@ impl Worker {
     }
 
     fn git_fetch_timeout(&self) -> std::time::Duration {
-        self.git
+        self.resources
+            .git
             .as_ref()
             .map_or(std::time::Duration::from_secs(300), |g| g.fetch_timeout())
     }

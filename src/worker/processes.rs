@@ -54,6 +54,40 @@ pub fn kill_job_processes(job_id: &str) -> usize {
     killed
 }
 
+/// Ends the ssh connection masters (ControlPersist) a finished run left: they
+/// would hold its connections open, with sockets in its removed folder, for
+/// another minute. A master rewrites its command line (and with it the
+/// environment the job id is found by) to `ssh: <control path> [mux]`, so
+/// it is found by its control path in the run's folder. Returns how many
+/// there were.
+pub async fn end_ssh_masters(control_dir: &Path) -> usize {
+    let marker = format!("ssh: {}/", control_dir.display());
+    tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let masters: Vec<i32> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                (comm.trim() == "ssh" && String::from_utf8_lossy(&cmdline).starts_with(&marker))
+                    .then_some(pid)
+            })
+            .collect();
+        for pid in &masters {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(*pid, libc::SIGTERM);
+            }
+        }
+        masters.len()
+    })
+    .await
+    .unwrap_or(0)
+}
+
 /// Kills what is left of a run: every process that carries its job id, off
 /// the async threads (it reads /proc and sleeps between rounds). Returns how
 /// many were signalled.

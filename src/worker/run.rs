@@ -53,9 +53,7 @@ impl Worker {
                 return;
             }
         };
-        let masker = Arc::new(Masker::new(&secrets));
         let mut spec = job.spec.clone();
-        spec.extra_vars.extend(secrets);
 
         // A cancel, the timeout or a shutdown stops a slow fetch too.
         let mut stopping = stop_rx.clone();
@@ -86,6 +84,8 @@ impl Worker {
         if !ready.resolved.is_empty() {
             self.record_resolved(&job, &ready.resolved).await;
         }
+        let masker = Arc::new(Masker::new(&secrets).with(ready.secret_values()));
+        spec.extra_vars.extend(secrets);
 
         // Bounded in events (each at most 4 MiB): a slow database slows
         // the playbook rather than filling the worker's memory.

@@ -58,6 +58,9 @@ impl SshFleet {
         keygen(&client_key);
         let authorized = dir.path().join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        // Sessions get the system's PATH, and SHLVL above 1 so that bash
+        // does not read the login user's ~/.bashrc (this machine's may put a
+        // pyenv shim first): the hosts look like plain Debian hosts.
         // sshd run as root wants its privilege separation folder.
         if nix_is_root() {
             let _ = std::fs::create_dir_all("/run/sshd");
@@ -78,7 +81,8 @@ impl SshFleet {
                      AuthorizedKeysFile {}\nStrictModes no\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      PermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\n\
-                     MaxStartups 100:30:200\nMaxSessions 100\n",
+                     MaxStartups 100:30:200\nMaxSessions 100\n\
+                     SetEnv SHLVL=5 PATH=/usr/bin:/bin\n",
                     host_key.display(),
                     dir.path().join(format!("sshd{i}.pid")).display(),
                     authorized.display(),

@@ -357,6 +357,7 @@ pub async fn fill(state: &AppState, rows: usize) -> Vec<uuid::Uuid> {
                     "hello.yml".into()
                 },
                 source: Default::default(),
+                credentials: Vec::new(),
                 extra_vars: Default::default(),
                 inventory: Inventory::Localhost,
                 options: JobOptions::default(),

@@ -57,6 +57,9 @@ pub struct Model {
     pub source_ref: Option<String>,
     /// The commit the git inventory resolved to.
     pub inventory_commit: Option<String>,
+    /// The names of the credentials the job uses (JSON list); NULL: none.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub credentials: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

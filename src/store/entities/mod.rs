@@ -1,5 +1,6 @@
 //! SeaORM entities of the history; the schema itself lives in the `migration` crate.
 
+pub mod credentials;
 pub mod job_events;
 pub mod job_output;
 pub mod jobs;

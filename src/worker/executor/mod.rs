@@ -46,6 +46,8 @@ pub struct Prepared {
     pub target: Target,
     pub inventory_file: Option<PathBuf>,
     pub collections: Vec<PathBuf>,
+    /// The credentials the run gets, opened.
+    pub credentials: Vec<crate::domain::credential::Credential>,
 }
 
 /// Why a run is being stopped before it ends by itself.
@@ -175,7 +177,7 @@ impl Executor {
             .tempdir()
             .map_err(ExecError::Prepare)?;
         let args = run_files::prepare(dir.path(), prepared, spec).map_err(ExecError::Prepare)?;
-        let env = run_files::source_environment(prepared);
+        let env = run_files::source_environment(dir.path(), prepared);
 
         let (events_read, events_write) = output::pipe().map_err(ExecError::Prepare)?;
         let (stdout_read, stdout_write) = output::pipe().map_err(ExecError::Prepare)?;
@@ -207,6 +209,10 @@ impl Executor {
 
         let ended = supervise::wait(&mut process, pgid, job_id, stop, self.kill_grace).await;
         let (stats, (stdout, stdout_truncated)) = output::finish(reader, captured, job_id).await;
+        let masters = crate::worker::processes::end_ssh_masters(&dir.path().join("cp")).await;
+        if masters > 0 {
+            tracing::debug!(job_id = %job_id, masters, "ended the run's ssh connection masters");
+        }
         drop(dir);
         if let Some(e) = ended.lost {
             if ended.stopped.is_none() {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::{Prepared, Target};
+use crate::domain::credential::{Credential, CredentialKind, HostKeyPolicy};
 use crate::domain::{Inventory, JobSpec};
 use crate::worker::unsafe_yaml::to_unsafe_yaml;
 
@@ -50,11 +51,16 @@ fn local_connection() -> Value {
     })
 }
 
-/// The environment of this run only: the folders of collections installed
-/// for its git sources, ahead of the workers' own.
-pub(super) fn source_environment(prepared: &Prepared) -> Vec<(String, String)> {
+/// The environment of this run only: ssh's control sockets in the run's
+/// own folder (no other run shares a connection), and the folders of
+/// collections installed for its git sources, ahead of the workers' own.
+pub(super) fn source_environment(dir: &Path, prepared: &Prepared) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "ANSIBLE_SSH_CONTROL_PATH_DIR".to_owned(),
+        dir.join("cp").display().to_string(),
+    )];
     if prepared.collections.is_empty() {
-        return Vec::new();
+        return env;
     }
     let mut paths: Vec<String> = prepared
         .collections
@@ -65,7 +71,77 @@ pub(super) fn source_environment(prepared: &Prepared) -> Vec<(String, String)> {
         std::env::var("ANSIBLE_COLLECTIONS_PATH")
             .unwrap_or_else(|_| "~/.ansible/collections:/usr/share/ansible/collections".to_owned()),
     );
-    vec![("ANSIBLE_COLLECTIONS_PATH".to_owned(), paths.join(":"))]
+    env.push(("ANSIBLE_COLLECTIONS_PATH".to_owned(), paths.join(":")));
+    env
+}
+
+/// Writes the run's credentials into its private folder (0600 files, gone
+/// with the folder) and returns the options that point ansible-playbook at
+/// them: paths and a user name, never a secret.
+fn credential_files(dir: &Path, credentials: &[Credential]) -> std::io::Result<Vec<String>> {
+    let mut args = Vec::new();
+    if credentials.is_empty() {
+        return Ok(args);
+    }
+    let folder = dir.join("credentials");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    for credential in credentials {
+        let secret = &credential.secret;
+        match credential.info.kind {
+            CredentialKind::Ssh => {
+                let key = folder.join("ssh_key");
+                let mut text = secret.ssh_key.clone().unwrap_or_default();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                write_private(&key, &text)?;
+                args.push(format!("--private-key={}", key.display()));
+                if let Some(user) = &credential.info.username {
+                    args.push(format!("--user={user}"));
+                }
+                let policy = match secret.host_key_policy {
+                    HostKeyPolicy::Strict => "yes",
+                    HostKeyPolicy::AcceptNew => "accept-new",
+                };
+                let mut ssh = format!("-o StrictHostKeyChecking={policy}");
+                if secret.known_hosts.is_some()
+                    || secret.host_key_policy == HostKeyPolicy::AcceptNew
+                {
+                    // The credential's hosts only (a host accepted as new
+                    // is trusted for this run, not remembered).
+                    let known = folder.join("known_hosts");
+                    write_private(&known, secret.known_hosts.as_deref().unwrap_or(""))?;
+                    ssh.push_str(&format!(" -o UserKnownHostsFile={}", known.display()));
+                }
+                args.push(format!("--ssh-common-args={ssh}"));
+            }
+            CredentialKind::Vault => {
+                let file = folder.join("vault_password");
+                write_private(&file, secret.password.as_deref().unwrap_or(""))?;
+                let id = secret.vault_id.as_deref().unwrap_or("default");
+                args.push(format!("--vault-id={id}@{}", file.display()));
+            }
+            CredentialKind::Become => {
+                let file = folder.join("become_password");
+                write_private(&file, secret.password.as_deref().unwrap_or(""))?;
+                args.push(format!("--become-password-file={}", file.display()));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// A new file readable by the service's user only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 /// The one-play playbook that runs a role over the whole inventory; the
@@ -101,6 +177,18 @@ pub(super) fn prepare(
         }
     };
     let playbook = playbook.as_path();
+    let mut args = credential_files(dir, &prepared.credentials)?;
+    args.extend(inventory_and_arguments(dir, playbook, prepared, spec)?);
+    Ok(args)
+}
+
+/// Writes the inventory and the extra vars; the rest of the arguments.
+fn inventory_and_arguments(
+    dir: &Path,
+    playbook: &Path,
+    prepared: &Prepared,
+    spec: &JobSpec,
+) -> std::io::Result<Vec<String>> {
     if let (Inventory::Git(_), Some(file)) = (&spec.inventory, &prepared.inventory_file) {
         // The repository's own inventory file, read where it is checked out.
         let (_, vars) = write_files(dir, None, spec)?;

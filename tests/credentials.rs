@@ -1,0 +1,618 @@
+//! Named credentials: created by operators with the real binary, sealed in
+//! the history with a master key, attached to jobs by name, written into the
+//! run's private folder for the run only, and never shown. Fleet hosts are
+//! real sshd processes on loopback (tests/common/sshd.rs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use ansible_runner_service::pb::{self, ListJobsRequest, SubmitJobRequest};
+use ansible_runner_service::settings::Settings;
+use common::sshd::SshFleet;
+use common::*;
+use serde_json::{json, Map, Value};
+use tonic::Code;
+
+const FLEET_PLAYBOOK: &str = r#"- hosts: all
+  gather_facts: false
+  tasks:
+    - ping:
+    - command: echo "on {{ inventory_hostname }}"
+      changed_when: false
+"#;
+
+/// The binary's `credentials` command against `settings`' history.
+fn credentials(settings: &Settings, key_file: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
+        .arg("credentials")
+        .args(args)
+        .env("DATABASE_URL", &settings.database_url)
+        .env("CREDENTIALS_KEY_FILE", key_file)
+        .env_remove("CREDENTIALS_KEY")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new master key in a file of `dir`.
+fn master_key(dir: &Path) -> PathBuf {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ansible-runner-service"))
+        .args(["credentials", "new-key"])
+        .output()
+        .unwrap();
+    let path = dir.join("master.key");
+    std::fs::write(&path, ok(out)).unwrap();
+    path
+}
+
+/// A playbooks folder with the fleet playbook (and whatever `extra` adds).
+fn playbooks(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.yml"), FLEET_PLAYBOOK).unwrap();
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// The fleet as an inline inventory a caller may send: addresses and
+/// ports only, nothing about keys or users.
+fn fleet_inventory(fleet: &SshFleet) -> Option<pb::Inventory> {
+    let mut hosts = Map::new();
+    for host in &fleet.hosts {
+        hosts.insert(
+            host.name.clone(),
+            json!({"ansible_host": host.address, "ansible_port": host.port}),
+        );
+    }
+    let Value::Object(doc) = json!({"all": {"hosts": hosts}}) else {
+        unreachable!()
+    };
+    Some(pb::Inventory {
+        source: Some(pb::inventory::Source::Inline(
+            ansible_runner_service::grpc::convert::json_to_struct(&doc),
+        )),
+    })
+}
+
+fn with_credentials(playbook: &str, names: &[&str]) -> SubmitJobRequest {
+    let mut req = request(playbook);
+    req.credentials = names.iter().map(|n| n.to_string()).collect();
+    req
+}
+
+async fn run(client: &mut JobClient, req: SubmitJobRequest) -> pb::Job {
+    let job = submit(client, req).await;
+    wait_terminal(client, &job.job_id).await;
+    get(client, &job.job_id).await
+}
+
+type JobClient =
+    ansible_runner_service::pb::job_service_client::JobServiceClient<tonic::transport::Channel>;
+
+fn stdout(job: &pb::Job) -> &str {
+    job.result.as_ref().map_or("", |r| r.stdout.as_str())
+}
+
+/// Files under the temporary folder's run folders that hold `needle`.
+fn run_files_holding(needle: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, needle: &str, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, needle, found);
+            } else if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(needle)) {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with("ars-job-") {
+            walk(&entry.path(), needle, &mut found);
+        }
+    }
+    found
+}
+
+/// A line from the middle of a private key: what a leak would show.
+fn key_line(key_file: &Path) -> String {
+    let text = std::fs::read_to_string(key_file).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    lines[lines.len() / 2].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
+    let fleet = SshFleet::start(3);
+    let history = History::new(Backend::Shared).await;
+    let key = master_key(fleet.dir());
+    let books = playbooks(&[(
+        "slow.yml",
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ping:\n    - pause:\n        seconds: 30\n",
+    )]);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let known = fleet.known_hosts.display().to_string();
+    let private = fleet.client_key.display().to_string();
+    let created = ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "prod-ssh",
+            "--kind",
+            "ssh",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            &fleet.user,
+            "--known-hosts-file",
+            &known,
+        ],
+    ));
+    assert!(created.contains("SHA256:"), "{created}");
+
+    let mut req = with_credentials("fleet.yml", &["prod-ssh"]);
+    req.inventory = fleet_inventory(&fleet);
+    let job = submit(&mut client, req).await;
+    let events = events(&watch_all(&mut client, &job.job_id, 0).await);
+    let done = get(&mut client, &job.job_id).await;
+    assert_eq!(
+        status(&done),
+        pb::JobStatus::Successful,
+        "{}\n{}",
+        done.error,
+        stdout(&done)
+    );
+    assert_eq!(done.credentials, vec!["prod-ssh".to_owned()]);
+    for host in &fleet.hosts {
+        assert_eq!(done.result.as_ref().unwrap().stats[&host.name].ok, 2);
+    }
+
+    // A run that times out, and one that is canceled, leave nothing either.
+    let mut slow = with_credentials("slow.yml", &["prod-ssh"]);
+    slow.inventory = fleet_inventory(&fleet);
+    slow.timeout_seconds = 3;
+    let timed_out = run(&mut client, slow.clone()).await;
+    assert_eq!(status(&timed_out), pb::JobStatus::TimedOut);
+    slow.timeout_seconds = 0;
+    let canceled = submit(&mut client, slow).await;
+    eventually(Duration::from_secs(30), "the slow job to start", || {
+        let mut client = client.clone();
+        let id = canceled.job_id.clone();
+        async move { (status(&get(&mut client, &id).await) == pb::JobStatus::Running).then_some(()) }
+    })
+    .await;
+    client
+        .cancel_job(pb::CancelJobRequest {
+            job_id: canceled.job_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&wait_terminal(&mut client, &canceled.job_id).await),
+        pb::JobStatus::Canceled
+    );
+
+    // The key is nowhere: not in any answer, the history, Redis, the
+    // listing, or a run's folder once the run is over.
+    let secret = key_line(&fleet.client_key);
+    let listed = ok(credentials(&settings, &key, &["list", "--json"]));
+    let listed_json: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed_json[0]["name"], "prod-ssh");
+    assert_eq!(listed_json[0]["kind"], "ssh");
+    assert_eq!(listed_json[0]["user"], fleet.user.as_str());
+    use sea_orm::{ConnectionTrait, Statement};
+    let store = history.store().await;
+    let db = store.connection();
+    let mut rows = String::new();
+    for table in ["jobs", "job_events", "job_output", "credentials"] {
+        let found = db
+            .query_all(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT * FROM {table}"),
+            ))
+            .await
+            .unwrap();
+        rows.push_str(&format!("{found:?}"));
+    }
+    let redis = history.redis_keys("*").await;
+    let list = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    for (place, text) in [
+        ("GetJob", format!("{done:?}")),
+        ("the events", format!("{events:?}")),
+        ("ListJobs", format!("{list:?}")),
+        ("credentials list", listed),
+        ("the history", rows),
+        ("Redis's keys", format!("{redis:?}")),
+    ] {
+        assert!(!text.contains(&secret), "{place} shows the key");
+    }
+    assert_eq!(run_files_holding(&secret), Vec::<PathBuf>::new());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
+    let fleet = SshFleet::start(2);
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(fleet.dir());
+    let books = playbooks(&[]);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+
+    let other_key = fleet.dir().join("other");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let nobody_known = fleet.dir().join("empty_known_hosts");
+    std::fs::write(&nobody_known, "").unwrap();
+    let (known, private, other) = (
+        fleet.known_hosts.display().to_string(),
+        fleet.client_key.display().to_string(),
+        other_key.display().to_string(),
+    );
+    let user = fleet.user.as_str();
+    let empty = nobody_known.display().to_string();
+    for args in [
+        vec![
+            "--name",
+            "wrong-key",
+            "--ssh-key-file",
+            &other,
+            "--user",
+            user,
+            "--known-hosts-file",
+            &known,
+        ],
+        vec![
+            "--name",
+            "unknown-hosts",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            user,
+            "--known-hosts-file",
+            &empty,
+        ],
+        vec![
+            "--name",
+            "accept-new",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            user,
+            "--accept-new-host-keys",
+        ],
+    ] {
+        let mut all = vec!["create", "--kind", "ssh"];
+        all.extend(args);
+        ok(credentials(&settings, &key, &all));
+    }
+    for (credential, expected) in [
+        ("wrong-key", pb::JobStatus::Failed),
+        ("unknown-hosts", pb::JobStatus::Failed),
+        ("accept-new", pb::JobStatus::Successful),
+    ] {
+        let mut req = with_credentials("fleet.yml", &[credential]);
+        req.inventory = fleet_inventory(&fleet);
+        let job = run(&mut client, req).await;
+        assert_eq!(status(&job), expected, "{credential}: {}", stdout(&job));
+        let result = job.result.as_ref().unwrap();
+        for host in &fleet.hosts {
+            let unreachable = result.stats[&host.name].unreachable;
+            assert_eq!(
+                unreachable,
+                u32::from(expected == pb::JobStatus::Failed),
+                "{credential}"
+            );
+        }
+        if expected == pb::JobStatus::Failed {
+            assert_eq!(result.rc, 4, "{credential}");
+        }
+    }
+    server.stop().await;
+}
+
+const VAULTED_PLAYBOOK: &str = r#"- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - vaulted_vars.yml
+  tasks:
+    - debug:
+        msg: "the word is {{ secret_word }}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_credential_opens_vaulted_vars_and_without_it_the_run_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = playbooks(&[
+        ("vaulted.yml", VAULTED_PLAYBOOK),
+        ("vaulted_vars.yml", "secret_word: swordfish\n"),
+    ]);
+    let password_file = dir.path().join("vault-password");
+    std::fs::write(&password_file, "correct-horse-battery\n").unwrap();
+    let vault = std::process::Command::new("ansible-vault")
+        .arg("encrypt")
+        .arg("--vault-password-file")
+        .arg(&password_file)
+        .arg(books.path().join("vaulted_vars.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        vault.status.success(),
+        "{}",
+        String::from_utf8_lossy(&vault.stderr)
+    );
+
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(dir.path());
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let password = password_file.display().to_string();
+    ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "prod-vault",
+            "--kind",
+            "vault",
+            "--password-file",
+            &password,
+        ],
+    ));
+
+    let job = run(
+        &mut client,
+        with_credentials("vaulted.yml", &["prod-vault"]),
+    )
+    .await;
+    assert_eq!(status(&job), pb::JobStatus::Successful, "{}", stdout(&job));
+    assert!(
+        stdout(&job).contains("the word is swordfish"),
+        "{}",
+        stdout(&job)
+    );
+    assert!(!format!("{job:?}").contains("correct-horse-battery"));
+
+    let without = run(&mut client, request("vaulted.yml")).await;
+    assert_eq!(status(&without), pb::JobStatus::Failed);
+    assert!(
+        stdout(&without).to_lowercase().contains("vault"),
+        "{}",
+        stdout(&without)
+    );
+    assert_eq!(
+        run_files_holding("correct-horse-battery"),
+        Vec::<PathBuf>::new()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_forbidden_or_doubled_credentials_are_refused_and_nothing_is_written() {
+    use ansible_runner_service::domain::Scopes;
+    use ansible_runner_service::grpc::auth;
+    let dir = tempfile::tempdir().unwrap();
+    let key_line = |name: &str, words: &[&str]| {
+        let (key, client) =
+            auth::new_key(name, Scopes::parse(words.iter().copied()).unwrap()).unwrap();
+        (key, client.line())
+    };
+    let (limited, limited_line) = key_line("limited", &["playbooks=hello.yml"]);
+    let (prod, prod_line) = key_line("prod", &["playbooks=hello.yml", "credentials=prod-*"]);
+    let keys_file = dir.path().join("keys");
+    std::fs::write(&keys_file, [limited_line, prod_line].join("\n")).unwrap();
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(dir.path());
+    let mut settings = history.settings.clone();
+    settings.api_keys_file = Some(keys_file);
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, "a-become-password\n").unwrap();
+    let pw = password_file.display().to_string();
+    for name in ["prod-become", "prod-become-2", "dev-become"] {
+        ok(credentials(
+            &settings,
+            &key,
+            &[
+                "create",
+                "--name",
+                name,
+                "--kind",
+                "become",
+                "--password-file",
+                &pw,
+            ],
+        ));
+    }
+
+    let refused = |req: SubmitJobRequest, key: &str| {
+        let mut client = client.clone();
+        let key = key.to_owned();
+        async move { client.submit_job(with_key(req, &key)).await.unwrap_err() }
+    };
+    // (Outside the scopes is PERMISSION_DENIED, whether it exists or not.)
+    let err = refused(with_credentials("hello.yml", &["prod-nope"]), &prod).await;
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "CREDENTIAL_NOT_FOUND")
+    );
+    let err = refused(with_credentials("hello.yml", &["prod-become"]), &limited).await;
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "CREDENTIAL_NOT_PERMITTED")
+    );
+    let err = refused(with_credentials("hello.yml", &["dev-become"]), &prod).await;
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = refused(
+        with_credentials("hello.yml", &["prod-become", "prod-become-2"]),
+        &prod,
+    )
+    .await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = refused(with_credentials("hello.yml", &["-bad name"]), &prod).await;
+    assert_eq!(violations(&err), vec!["credentials[0]"]);
+    let job = submit_as(
+        &mut client,
+        with_credentials("hello.yml", &["prod-become"]),
+        &prod,
+    )
+    .await;
+    let page = client
+        .list_jobs(with_key(ListJobsRequest::default(), &prod))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total_size, 1, "only the allowed submit wrote a job");
+    let done = eventually(Duration::from_secs(60), "the job to end", || {
+        let mut client = client.clone();
+        let (id, key) = (job.job_id.clone(), prod.clone());
+        async move {
+            let job = client
+                .get_job(with_key(pb::GetJobRequest { job_id: id }, &key))
+                .await
+                .ok()?
+                .into_inner()
+                .job?;
+            (status(&job) != pb::JobStatus::Pending && status(&job) != pb::JobStatus::Running)
+                .then_some(job)
+        }
+    })
+    .await;
+    assert_eq!(status(&done), pb::JobStatus::Successful, "{}", done.error);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_master_key_fails_the_job_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(dir.path());
+    let settings = history.settings.clone();
+    // The server has no key: it accepts the name, its workers cannot open it.
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a-password\n").unwrap();
+    let pw = pw.display().to_string();
+    ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "v",
+            "--kind",
+            "vault",
+            "--password-file",
+            &pw,
+        ],
+    ));
+    let job = run(&mut client, with_credentials("hello.yml", &["v"])).await;
+    assert_eq!(status(&job), pb::JobStatus::Failed);
+    assert_eq!(job.error_reason, "CREDENTIAL_UNAVAILABLE");
+    assert!(job.error.contains("master key"), "{}", job.error);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_seals_every_credential_again_and_delete_removes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::new(Backend::Embedded).await;
+    let old_key = master_key(dir.path());
+    let new_dir = dir.path().join("new");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let new_key = master_key(&new_dir);
+    let mut settings = history.settings.clone();
+    settings.credentials_key_file = Some(old_key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a-vault-password\n").unwrap();
+    let pw = pw.display().to_string();
+    ok(credentials(
+        &settings,
+        &old_key,
+        &[
+            "create",
+            "--name",
+            "v",
+            "--kind",
+            "vault",
+            "--password-file",
+            &pw,
+        ],
+    ));
+    let before = ok(credentials(&settings, &old_key, &["list", "--json"]));
+
+    let new = new_key.display().to_string();
+    let rekeyed = ok(credentials(
+        &settings,
+        &old_key,
+        &["rekey", "--new-key-file", &new],
+    ));
+    assert!(rekeyed.contains("1 credentials"), "{rekeyed}");
+    // A worker still on the old key cannot open it; one on the new key can.
+    let job = run(&mut client, with_credentials("hello.yml", &["v"])).await;
+    assert_eq!(job.error_reason, "CREDENTIAL_UNAVAILABLE", "{}", job.error);
+    server.stop().await;
+    settings.credentials_key_file = Some(new_key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let job = run(&mut client, with_credentials("hello.yml", &["v"])).await;
+    assert_eq!(status(&job), pb::JobStatus::Successful, "{}", job.error);
+    let after = ok(credentials(&settings, &new_key, &["list", "--json"]));
+    assert_ne!(before, after, "the password's keyed hash follows the key");
+
+    ok(credentials(&settings, &new_key, &["delete", "--name", "v"]));
+    let err = client
+        .submit_job(with_credentials("hello.yml", &["v"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        !credentials(&settings, &new_key, &["delete", "--name", "v"])
+            .status
+            .success()
+    );
+    server.stop().await;
+}
