@@ -11,18 +11,10 @@ use std::time::Duration;
 
 use ansible_runner_service::pb::{self, ListJobsRequest, SubmitJobRequest};
 use ansible_runner_service::settings::Settings;
-use common::sshd::SshFleet;
+use common::sshd::{SshFleet, FLEET_PLAYBOOK};
 use common::*;
 use serde_json::{json, Map, Value};
 use tonic::Code;
-
-const FLEET_PLAYBOOK: &str = r#"- hosts: all
-  gather_facts: false
-  tasks:
-    - ping:
-    - command: echo "on {{ inventory_hostname }}"
-      changed_when: false
-"#;
 
 /// The binary's `credentials` command against `settings`' history.
 fn credentials(settings: &Settings, key_file: &Path, args: &[&str]) -> Output {
@@ -223,20 +215,9 @@ async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
     assert_eq!(listed_json[0]["name"], "prod-ssh");
     assert_eq!(listed_json[0]["kind"], "ssh");
     assert_eq!(listed_json[0]["user"], fleet.user.as_str());
-    use sea_orm::{ConnectionTrait, Statement};
-    let store = history.store().await;
-    let db = store.connection();
-    let mut rows = String::new();
-    for table in ["jobs", "job_events", "job_output", "credentials"] {
-        let found = db
-            .query_all(Statement::from_string(
-                db.get_database_backend(),
-                format!("SELECT * FROM {table}"),
-            ))
-            .await
-            .unwrap();
-        rows.push_str(&format!("{found:?}"));
-    }
+    let rows = history
+        .table_rows(&["jobs", "job_events", "job_output", "credentials"])
+        .await;
     let redis = history.redis_keys("*").await;
     let list = client
         .list_jobs(ListJobsRequest::default())

@@ -7,17 +7,9 @@
 mod common;
 
 use ansible_runner_service::pb;
-use common::sshd::{free_port_on, SshFleet};
+use common::sshd::{free_port_on, SshFleet, FLEET_PLAYBOOK};
 use common::*;
 use serde_json::{json, Map, Value};
-
-const FLEET_PLAYBOOK: &str = r#"- hosts: all
-  gather_facts: false
-  tasks:
-    - ping:
-    - command: echo "on {{ inventory_hostname }}"
-      changed_when: false
-"#;
 
 // The history and the live state are the other tests' concern: one backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

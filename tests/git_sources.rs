@@ -824,20 +824,9 @@ async fn the_credential_appears_nowhere() {
         .unwrap()
         .into_inner();
 
-    use sea_orm::{ConnectionTrait, Statement};
-    let store = history.store().await;
-    let db = store.connection();
-    let mut rows = String::new();
-    for table in ["jobs", "job_events", "job_output"] {
-        let found = db
-            .query_all(Statement::from_string(
-                db.get_database_backend(),
-                format!("SELECT * FROM {table}"),
-            ))
-            .await
-            .unwrap();
-        rows.push_str(&format!("{found:?}"));
-    }
+    let rows = history
+        .table_rows(&["jobs", "job_events", "job_output"])
+        .await;
     let mut cached_files = String::new();
     fn read_all(dir: &Path, out: &mut String) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

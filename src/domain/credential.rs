@@ -129,20 +129,9 @@ pub const MAX_CREDENTIALS_PER_JOB: usize = 8;
 
 /// A credential name: 1 to 64 ASCII letters, digits, `_`, `-` or `.`,
 /// starting with a letter or digit.
+/// (The rule of queue names.)
 pub fn credential_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_CREDENTIAL_NAME_BYTES {
-        return Err(format!(
-            "credential names are 1 to {MAX_CREDENTIAL_NAME_BYTES} bytes, got {}",
-            name.len()
-        ));
-    }
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.chars().all(plain) {
-        return Err(format!(
-            "{name:?}: use ASCII letters, digits, '_', '-' and '.', starting with a letter or digit"
-        ));
-    }
-    Ok(())
+    super::validate::plain_name(name, MAX_CREDENTIAL_NAME_BYTES)
 }
 
 /// The user name of an SSH credential: it reaches ssh's command line.

@@ -113,11 +113,14 @@ pub fn job_id(id: &str) -> Result<uuid::Uuid, Error> {
 /// `.`, starting with a letter or digit. Names reach Redis keys and metric
 /// labels, so they stay plain.
 pub fn queue_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_QUEUE_NAME_BYTES {
-        return Err(format!(
-            "must be 1 to {MAX_QUEUE_NAME_BYTES} bytes, got {}",
-            name.len()
-        ));
+    plain_name(name, MAX_QUEUE_NAME_BYTES)
+}
+
+/// A plain name (queues, credentials): 1 to `max` ASCII letters, digits,
+/// `_`, `-` or `.`, starting with a letter or digit.
+pub fn plain_name(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("must be 1 to {max} bytes, got {}", name.len()));
     }
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.chars().all(plain) {

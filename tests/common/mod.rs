@@ -158,6 +158,26 @@ impl History {
         keys
     }
 
+    /// Every row of these tables, as text: what a raw scan of the history
+    /// for a secret reads.
+    pub async fn table_rows(&self, tables: &[&str]) -> String {
+        use sea_orm::Statement;
+        let store = self.store().await;
+        let db = store.connection();
+        let mut rows = String::new();
+        for table in tables {
+            let found = db
+                .query_all(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT * FROM {table}"),
+                ))
+                .await
+                .expect("read a table");
+            rows.push_str(&format!("{found:?}"));
+        }
+        rows
+    }
+
     /// A direct handle on the history, to check what was written.
     pub async fn store(&self) -> Store {
         Store::connect(&self.settings.database_url)

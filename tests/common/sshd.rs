@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// Two tasks on every host: a ping, and a command that names its host.
+pub const FLEET_PLAYBOOK: &str = r#"- hosts: all
+  gather_facts: false
+  tasks:
+    - ping:
+    - command: echo "on {{ inventory_hostname }}"
+      changed_when: false
+"#;
+
 /// One sshd.
 pub struct SshHost {
     /// The inventory name, e.g. "host3".

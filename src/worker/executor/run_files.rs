@@ -237,16 +237,7 @@ fn write_files(
     inventory: Option<&str>,
     spec: &JobSpec,
 ) -> std::io::Result<(PathBuf, PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let write = |path: &Path, text: &str| -> std::io::Result<()> {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?
-            .write_all(text.as_bytes())
-    };
+    let write = write_private;
     let inventory_path = dir.join("inventory.yml");
     if let Some(inventory) = inventory {
         write(&inventory_path, inventory)?;
