@@ -6,7 +6,7 @@ RUN cargo build --release --locked --bin ansible-runner-service
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates openssh-client \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates openssh-client git \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/ansible \
  && /opt/ansible/bin/pip install --no-cache-dir 'ansible-core>=2.16' \
