@@ -42,6 +42,10 @@
 //! one module per section, `report` (bench.json and the Markdown report).
 
 mod get_job;
+// The tests' git smart-HTTP server, for section (g).
+#[allow(dead_code)]
+#[path = "../../../tests/common/git_server.rs"]
+mod git_server;
 mod git_sources;
 mod harness;
 mod list_jobs;
