@@ -214,9 +214,12 @@ pub enum CredentialsCommand {
         /// ssh, vault or become.
         #[arg(long)]
         kind: String,
-        /// ssh: the private key file (OpenSSH or PEM, without a passphrase).
+        /// ssh: the private key file (OpenSSH or PEM).
         #[arg(long, value_name = "FILE")]
         ssh_key_file: Option<PathBuf>,
+        /// ssh: the key's passphrase (first line of the file), for a key in OpenSSH's format that has one.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
         /// ssh: the user to log in as.
         #[arg(long)]
         user: Option<String>,

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use ansible_runner_service::pb::{self, ListJobsRequest, SubmitJobRequest};
 use ansible_runner_service::settings::Settings;
-use common::sshd::{SshFleet, FLEET_PLAYBOOK};
+use common::process::ServiceProcess;
+use common::sshd::{SshFleet, BECOME_LOGIN, BECOME_PASSWORD, BECOME_TARGET, FLEET_PLAYBOOK};
 use common::*;
 use serde_json::{json, Map, Value};
 use tonic::Code;
@@ -45,7 +46,16 @@ fn master_key(dir: &Path) -> PathBuf {
         .output()
         .unwrap();
     let path = dir.join("master.key");
-    std::fs::write(&path, ok(out)).unwrap();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap()
+        .write_all(ok(out).as_bytes())
+        .unwrap();
     path
 }
 
@@ -130,15 +140,32 @@ fn key_line(key_file: &Path) -> String {
     lines[lines.len() / 2].to_owned()
 }
 
+/// A ping on every host, then a 30 s pause: a run to stop or kill midway.
+const SLOW_FLEET_PLAYBOOK: &str =
+    "- hosts: all\n  gather_facts: false\n  tasks:\n    - ping:\n    - pause:\n        seconds: 30\n";
+
+/// Live ssh connection masters with their control socket under a folder
+/// whose name starts with `folder` (a master's command line is
+/// `ssh: <control path> [mux]`).
+fn ssh_masters_in(folder: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let line = command_line(*pid);
+            alive(*pid) && line.starts_with("ssh: ") && line.contains(folder)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
     let fleet = SshFleet::start(3);
     let history = History::new(Backend::Shared).await;
     let key = master_key(fleet.dir());
-    let books = playbooks(&[(
-        "slow.yml",
-        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ping:\n    - pause:\n        seconds: 30\n",
-    )]);
+    let books = playbooks(&[("slow.yml", SLOW_FLEET_PLAYBOOK)]);
     let mut settings = history.settings.clone();
     settings.playbooks_dir = books.path().to_owned();
     settings.credentials_key_file = Some(key.clone());
@@ -206,6 +233,20 @@ async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
         status(&wait_terminal(&mut client, &canceled.job_id).await),
         pb::JobStatus::Canceled
     );
+
+    // Each run's ssh connection masters ended with it.
+    for id in [&job.job_id, &timed_out.job_id, &canceled.job_id] {
+        let folder = format!("ars-job-{id}-");
+        eventually(
+            Duration::from_secs(10),
+            "the run's ssh masters to end",
+            || {
+                let left = ssh_masters_in(&folder);
+                async move { left.is_empty().then_some(()) }
+            },
+        )
+        .await;
+    }
 
     // The key is nowhere: not in any answer, the history, Redis, the
     // listing, or a run's folder once the run is over.
@@ -289,6 +330,16 @@ async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
         ],
         vec![
             "--name",
+            "wrong-user",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            "no-such-user",
+            "--known-hosts-file",
+            &known,
+        ],
+        vec![
+            "--name",
             "accept-new",
             "--ssh-key-file",
             &private,
@@ -304,6 +355,7 @@ async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
     for (credential, expected) in [
         ("wrong-key", pb::JobStatus::Failed),
         ("unknown-hosts", pb::JobStatus::Failed),
+        ("wrong-user", pb::JobStatus::Failed),
         ("accept-new", pb::JobStatus::Successful),
     ] {
         let mut req = with_credentials("fleet.yml", &[credential]);
@@ -323,6 +375,11 @@ async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
             assert_eq!(result.rc, 4, "{credential}");
         }
     }
+    // A failed run leaves its key behind no more than a successful one.
+    assert_eq!(
+        run_files_holding(&key_line(&fleet.client_key)),
+        Vec::<PathBuf>::new()
+    );
     server.stop().await;
 }
 
@@ -595,5 +652,313 @@ async fn rekey_seals_every_credential_again_and_delete_removes_one() {
             .status
             .success()
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_key_file_and_ssh_masters_are_gone_once_a_worker_starts_again() {
+    let fleet = SshFleet::start(2);
+    let mut history = History::new(Backend::Shared).await;
+    history.settings.lease = Duration::from_secs(3);
+    history.settings.workers = 1;
+    let key = master_key(fleet.dir());
+    let books = playbooks(&[("slow.yml", SLOW_FLEET_PLAYBOOK)]);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    let mut api_settings = settings.clone();
+    api_settings.workers = 0;
+    let api = TestServer::start(&api_settings).await;
+    let mut client = api.client.clone();
+    let (private, known) = (
+        fleet.client_key.display().to_string(),
+        fleet.known_hosts.display().to_string(),
+    );
+    ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "prod-ssh",
+            "--kind",
+            "ssh",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            &fleet.user,
+            "--known-hosts-file",
+            &known,
+        ],
+    ));
+    // Workers log everything they do (debug), to be searched for the key.
+    let key_path = key.display().to_string();
+    let env = [
+        ("CREDENTIALS_KEY_FILE", key_path.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut worker = ServiceProcess::start_worker(&settings, &env);
+    let mut req = with_credentials("slow.yml", &["prod-ssh"]);
+    req.inventory = fleet_inventory(&fleet);
+    let job = submit(&mut client, req).await;
+    let folder = format!("ars-job-{}-", job.job_id);
+    let secret = key_line(&fleet.client_key);
+
+    // Midway (the ping done, the pause running), over kept-open connections.
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.job_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(message) = stream.message().await.unwrap() {
+            if let Some(pb::watch_job_response::Kind::Event(e)) = message.kind {
+                if e.event == "playbook_on_task_start" && e.task.contains("pause") {
+                    return;
+                }
+            }
+        }
+        panic!("the job ended before its pause");
+    })
+    .await
+    .expect("the pause to start");
+    assert!(
+        !ssh_masters_in(&folder).is_empty(),
+        "the run keeps ssh masters"
+    );
+    worker.kill9();
+    // Nothing else removes them: the key is still in the run's folder.
+    assert!(
+        !run_files_holding(&secret).is_empty(),
+        "the key file is left"
+    );
+
+    let restarted = ServiceProcess::start_worker(&settings, &env);
+    eventually(
+        Duration::from_secs(30),
+        "the lost run's folder to be removed",
+        || async { run_files_holding(&secret).is_empty().then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the lost run's ssh masters to end",
+        || async { ssh_masters_in(&folder).is_empty().then_some(()) },
+    )
+    .await;
+    no_process_left(&job.job_id).await;
+    let done = wait_terminal(&mut client, &job.job_id).await;
+    assert_eq!(done.error_reason, "WORKER_LOST", "{}", done.error);
+    let log = restarted.log_text();
+    assert!(
+        log.contains("removed the private folder of a run left by a dead worker"),
+        "{log}"
+    );
+    for (name, text) in [("first", worker.log_text()), ("second", log)] {
+        assert!(
+            !text.contains(&secret),
+            "the {name} worker's log shows the key"
+        );
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_passphrase_is_opened_at_create_and_reaches_the_fleet() {
+    let fleet = SshFleet::start(1);
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(fleet.dir());
+    let books = playbooks(&[]);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+
+    let locked = fleet.dir().join("locked");
+    let passphrase = "tell no one 42";
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-C", "", "-N", passphrase, "-f"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fleet.authorize(&locked.with_extension("pub"));
+    let right = fleet.dir().join("passphrase");
+    std::fs::write(&right, format!("{passphrase}\n")).unwrap();
+    let wrong = fleet.dir().join("wrong-passphrase");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let (locked_path, known) = (
+        locked.display().to_string(),
+        fleet.known_hosts.display().to_string(),
+    );
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "create",
+            "--name",
+            "locked",
+            "--kind",
+            "ssh",
+            "--ssh-key-file",
+            &locked_path,
+            "--user",
+            &fleet.user,
+            "--known-hosts-file",
+            &known,
+        ];
+        args.extend_from_slice(extra);
+        credentials(&settings, &key, &args)
+    };
+    let said = |out: &Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let without = said(&create(&[]));
+    assert!(without.contains("--passphrase-file"), "{without}");
+    let (right, wrong) = (right.display().to_string(), wrong.display().to_string());
+    let mistaken = said(&create(&["--passphrase-file", &wrong]));
+    assert!(
+        mistaken.contains("the passphrase does not open the key"),
+        "{mistaken}"
+    );
+    let created = ok(create(&["--passphrase-file", &right]));
+    let listed = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(locked.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(created.contains(&fingerprint), "{created} / {fingerprint}");
+
+    let mut req = with_credentials("fleet.yml", &["locked"]);
+    req.inventory = fleet_inventory(&fleet);
+    let job = run(&mut client, req).await;
+    assert_eq!(status(&job), pb::JobStatus::Successful, "{}", stdout(&job));
+    // The key as workers use it (opened) is nowhere, nor the passphrase.
+    let opened = fleet.dir().join("opened");
+    std::fs::copy(&locked, &opened).unwrap();
+    let unlocked = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", passphrase, "-N", "", "-f"])
+        .arg(&opened)
+        .status()
+        .unwrap();
+    assert!(unlocked.success());
+    let secret = key_line(&opened);
+    let rows = history.table_rows(&["jobs", "credentials"]).await;
+    assert!(!rows.contains(passphrase));
+    assert!(!rows.contains(&secret));
+    assert!(!format!("{job:?}").contains(&secret));
+    assert_eq!(run_files_holding(&secret), Vec::<PathBuf>::new());
+    server.stop().await;
+}
+
+/// A command run as another user through sudo (`become`), over pipelining
+/// (the modules go through sudo's standard input, no temporary files).
+const BECOME_PLAYBOOK: &str = r#"- hosts: all
+  gather_facts: false
+  vars:
+    ansible_pipelining: true
+  tasks:
+    - command: id -un
+      become: true
+      become_user: "{{ become_to }}"
+      register: who
+      changed_when: false
+    - debug:
+        msg: "ran as {{ who.stdout }}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_become_credential_gives_sudo_its_password_and_without_it_the_task_fails() {
+    let fleet = SshFleet::start(2);
+    let history = History::new(Backend::Embedded).await;
+    let key = master_key(fleet.dir());
+    let books = playbooks(&[("become.yml", BECOME_PLAYBOOK)]);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let (private, known) = (
+        fleet.client_key.display().to_string(),
+        fleet.known_hosts.display().to_string(),
+    );
+    ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "fleet-ssh",
+            "--kind",
+            "ssh",
+            "--ssh-key-file",
+            &private,
+            "--user",
+            BECOME_LOGIN,
+            "--known-hosts-file",
+            &known,
+        ],
+    ));
+    let password_file = fleet.dir().join("become-password");
+    std::fs::write(&password_file, format!("{BECOME_PASSWORD}\n")).unwrap();
+    let password = password_file.display().to_string();
+    ok(credentials(
+        &settings,
+        &key,
+        &[
+            "create",
+            "--name",
+            "fleet-sudo",
+            "--kind",
+            "become",
+            "--password-file",
+            &password,
+        ],
+    ));
+    let become_job = |names: &[&str]| {
+        let mut req = with_credentials("become.yml", names);
+        req.inventory = fleet_inventory(&fleet);
+        req.extra_vars = vars(json!({"become_to": BECOME_TARGET}));
+        req
+    };
+
+    // Without the password sudo refuses, on every host.
+    let without = run(&mut client, become_job(&["fleet-ssh"])).await;
+    assert_eq!(
+        status(&without),
+        pb::JobStatus::Failed,
+        "{}",
+        stdout(&without)
+    );
+    let said = stdout(&without).to_lowercase();
+    assert!(said.contains("sudo") && said.contains("password"), "{said}");
+    let with = run(&mut client, become_job(&["fleet-ssh", "fleet-sudo"])).await;
+    assert_eq!(
+        status(&with),
+        pb::JobStatus::Successful,
+        "{}",
+        stdout(&with)
+    );
+    assert_eq!(
+        stdout(&with)
+            .matches(&format!("ran as {BECOME_TARGET}"))
+            .count(),
+        fleet.hosts.len(),
+        "{}",
+        stdout(&with)
+    );
+    let rows = history
+        .table_rows(&["jobs", "job_events", "job_output"])
+        .await;
+    assert!(!rows.contains(BECOME_PASSWORD));
+    assert!(!format!("{with:?}").contains(BECOME_PASSWORD));
+    assert_eq!(run_files_holding(BECOME_PASSWORD), Vec::<PathBuf>::new());
     server.stop().await;
 }

@@ -34,7 +34,7 @@ fn ssh_fingerprint(key_file: &Path) -> Result<String, Error> {
         return Err(Error::invalid(
             "--ssh-key-file",
             format!(
-                "{} is not a private key ssh can read without a passphrase (keys with a passphrase are not supported yet: `ssh-keygen -p` removes it)",
+                "{} is not a private key ssh can read without a passphrase (give a key's passphrase with --passphrase-file)",
                 key_file.display()
             ),
         ));
@@ -62,6 +62,43 @@ fn ssh_fingerprint(key_file: &Path) -> Result<String, Error> {
         .ok_or_else(|| Error::invalid("--ssh-key-file", "ssh-keygen printed no fingerprint"))
 }
 
+/// A key in OpenSSH's format opened with its passphrase: the key without
+/// it, and its fingerprint. The key is then kept sealed with the master key,
+/// which protects it at rest as the passphrase did, so that workers need
+/// nothing else to use it (README: "Credentials").
+fn open_with_passphrase(
+    key_file: &Path,
+    text: &str,
+    passphrase: &str,
+) -> Result<(String, String), Error> {
+    let key = ssh_key::PrivateKey::from_openssh(text).map_err(|e| {
+        Error::invalid(
+            "--ssh-key-file",
+            format!(
+                "{} is not a private key in OpenSSH's format ({e}); `ssh-keygen -p -f FILE` rewrites a key in it",
+                key_file.display()
+            ),
+        )
+    })?;
+    if !key.is_encrypted() {
+        return Err(Error::invalid(
+            "--passphrase-file",
+            format!("{} has no passphrase", key_file.display()),
+        ));
+    }
+    let open = key
+        .decrypt(passphrase)
+        .map_err(|_| Error::invalid("--passphrase-file", "the passphrase does not open the key"))?;
+    let text = open
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| Error::invalid("--ssh-key-file", e.to_string()))?;
+    let fingerprint = open
+        .public_key()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    Ok((text.to_string(), fingerprint))
+}
+
 async fn store_and_key(at: &CredentialStoreArgs) -> Result<(Store, MasterKey), Error> {
     let key = MasterKey::load(at.credentials_key_file.as_deref())?.ok_or_else(|| {
         Error::Config(
@@ -82,6 +119,7 @@ pub async fn run(command: CredentialsCommand) -> Result<(), Error> {
             name,
             kind,
             ssh_key_file,
+            passphrase_file,
             user,
             known_hosts_file,
             accept_new_host_keys,
@@ -103,8 +141,19 @@ pub async fn run(command: CredentialsCommand) -> Result<(), Error> {
                     if let Some(user) = &user {
                         credential::ssh_user(user).map_err(|e| Error::invalid("--user", e))?;
                     }
-                    let fingerprint = ssh_fingerprint(&file)?;
-                    secret.ssh_key = Some(read_secret("--ssh-key-file", &file)?);
+                    let text = read_secret("--ssh-key-file", &file)?;
+                    let (text, fingerprint) = match passphrase_file {
+                        Some(passphrase) => {
+                            let passphrase =
+                                first_line(&read_secret("--passphrase-file", &passphrase)?);
+                            open_with_passphrase(&file, &text, &passphrase)?
+                        }
+                        None => {
+                            let fingerprint = ssh_fingerprint(&file)?;
+                            (text, fingerprint)
+                        }
+                    };
+                    secret.ssh_key = Some(text);
                     if let Some(known) = known_hosts_file {
                         secret.known_hosts = Some(read_secret("--known-hosts-file", &known)?);
                     }

@@ -1,13 +1,15 @@
 //! Cleaning up after a previous life of a worker on this host: a worker that
 //! was killed (`kill -9`, OOM, a crash) leaves its playbooks running in their
-//! own process groups. At start, a worker ends those runs and kills every
-//! process that carries their job id.
+//! own process groups. At start, a worker ends those runs, kills every
+//! process that carries their job id and removes their private folders (with
+//! the credentials written there).
 
 use std::path::Path;
 
 use crate::domain::JobStatus;
 use crate::live::announce;
 
+use super::executor::remove_left_run_folders;
 use super::processes::kill_what_is_left;
 use super::Worker;
 
@@ -27,6 +29,10 @@ impl Worker {
             let killed = kill_what_is_left(run.id).await;
             if killed > 0 {
                 tracing::warn!(job_id = %run.id, killed, worker = %run.worker_id, "killed a run left by a dead worker");
+            }
+            let folders = remove_left_run_folders(run.id).await;
+            if folders > 0 {
+                tracing::warn!(job_id = %run.id, folders, "removed the private folder of a run left by a dead worker");
             }
             if run.status == JobStatus::Running {
                 let now = chrono::Utc::now();

@@ -19,6 +19,13 @@ pub const FLEET_PLAYBOOK: &str = r#"- hosts: all
       changed_when: false
 "#;
 
+/// A user the hosts also let in (with the client key), who may run commands
+/// as [`BECOME_TARGET`] through sudo after its password,
+/// [`BECOME_PASSWORD`] (tests/run makes both users).
+pub const BECOME_LOGIN: &str = "ars-fleet";
+pub const BECOME_TARGET: &str = "ars-target";
+pub const BECOME_PASSWORD: &str = "ars-fleet-become-pw";
+
 /// One sshd.
 pub struct SshHost {
     /// The inventory name, e.g. "host3".
@@ -67,6 +74,11 @@ impl SshFleet {
         keygen(&client_key);
         let authorized = dir.path().join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        // sshd reads it as the user logging in (BECOME_LOGIN too); the
+        // private keys stay readable by their owner only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o644)).unwrap();
         // Sessions get the system's PATH, and SHLVL above 1 so that bash
         // does not read the login user's ~/.bashrc (this machine's may put a
         // pyenv shim first): the hosts look like plain Debian hosts.
@@ -89,7 +101,7 @@ impl SshFleet {
                     "Port {port}\nListenAddress {address}\nHostKey {}\nPidFile {}\n\
                      AuthorizedKeysFile {}\nStrictModes no\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
-                     PermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\n\
+                     PermitRootLogin prohibit-password\nAllowUsers {user} {BECOME_LOGIN}\nLogLevel ERROR\n\
                      MaxStartups 100:30:200\nMaxSessions 100\n\
                      SetEnv SHLVL=5 PATH=/usr/bin:/bin\n",
                     host_key.display(),
@@ -143,6 +155,18 @@ impl SshFleet {
             user,
             dir,
         }
+    }
+
+    /// Lets the key of `public_key_file` log in too, on every host.
+    pub fn authorize(&self, public_key_file: &Path) {
+        use std::io::Write;
+        let key = std::fs::read_to_string(public_key_file).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("authorized_keys"))
+            .unwrap()
+            .write_all(key.as_bytes())
+            .unwrap();
     }
 
     /// A folder of this fleet's own, removed with it.

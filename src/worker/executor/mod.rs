@@ -26,6 +26,39 @@ use run_files::{run_environment, CALLBACK_PLUGIN};
 pub use output::RawEvent;
 pub use supervise::signal_group;
 
+/// The start of a run's private folder's name (in the temporary folder):
+/// it names the job, so that the folders a killed worker left are found and
+/// removed by the worker's next life (see `remove_left_run_folders`).
+fn run_folder_prefix(job_id: uuid::Uuid) -> String {
+    format!("ars-job-{job_id}-")
+}
+
+/// Removes the private folders a dead worker left for `job_id`'s runs
+/// (with the credentials written into them), after ending the ssh
+/// connection masters whose sockets are inside. Returns how many folders
+/// were removed.
+pub async fn remove_left_run_folders(job_id: uuid::Uuid) -> usize {
+    let prefix = run_folder_prefix(job_id);
+    let folders: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    let mut removed = 0;
+    for folder in folders {
+        crate::worker::processes::end_ssh_masters(&folder.join("cp")).await;
+        match tokio::fs::remove_dir_all(&folder).await {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(job_id = %job_id, folder = %folder.display(), error = %e, "removing a lost run's folder")
+            }
+        }
+    }
+    removed
+}
+
 /// What a run executes.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -173,7 +206,7 @@ impl Executor {
         started: impl FnOnce(i32),
     ) -> Result<RunOutput, ExecError> {
         let dir = tempfile::Builder::new()
-            .prefix("ars-job-")
+            .prefix(&run_folder_prefix(job_id))
             .tempdir()
             .map_err(ExecError::Prepare)?;
         let args = run_files::prepare(dir.path(), prepared, spec).map_err(ExecError::Prepare)?;
