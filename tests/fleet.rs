@@ -18,8 +18,9 @@ async fn a_playbook_over_ssh_hosts_streams_each_host_and_counts_the_unreachable(
     let fleet = SshFleet::start(6);
     let history = History::new(backend).await;
     let mut settings = history.settings.clone();
-    // Until named credentials exist, the connection settings come from the
-    // inventory, which only a trusted caller may set (ALLOW_ANSIBLE_VARS).
+    // The connection settings come from the inventory here, which only a
+    // trusted caller may set (ALLOW_ANSIBLE_VARS); tests/credentials.rs
+    // reaches hosts with named credentials instead.
     settings.limits.allow_ansible_vars = true;
     let playbooks = tempfile::tempdir().unwrap();
     std::fs::write(playbooks.path().join("fleet.yml"), FLEET_PLAYBOOK).unwrap();
@@ -49,8 +50,9 @@ async fn a_playbook_over_ssh_hosts_streams_each_host_and_counts_the_unreachable(
                 fleet.known_hosts.display()
             ),
             "ansible_python_interpreter": "/usr/bin/python3",
-            // No ssh master lives on after the run (per-run ControlPersist
-            // sockets come with named credentials).
+            // Ansible's own ssh arguments would keep connections open
+            // (ControlPersist, ended with the run); here each task opens its
+            // own, a setting an inventory may choose.
             "ansible_ssh_args": "-o ControlMaster=no",
             "ansible_pipelining": true,
         },

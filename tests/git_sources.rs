@@ -706,57 +706,6 @@ async fn two_workers_fetch_the_same_repository_concurrently() {
     assert_eq!(checkouts, vec![head]);
 }
 
-/// Every key under the history's Redis prefix with its value.
-async fn redis_dump(history: &History) -> String {
-    use fred::prelude::*;
-    let redis = history.redis().await;
-    let mut out = String::new();
-    for key in history.redis_keys("*").await {
-        let kind: String = redis
-            .custom(fred::cmd!("TYPE"), vec![key.clone()])
-            .await
-            .unwrap();
-        let value: fred::types::Value = match kind.as_str() {
-            "string" => redis
-                .custom(fred::cmd!("GET"), vec![key.clone()])
-                .await
-                .unwrap(),
-            "hash" => redis
-                .custom(fred::cmd!("HGETALL"), vec![key.clone()])
-                .await
-                .unwrap(),
-            "list" => redis
-                .custom(
-                    fred::cmd!("LRANGE"),
-                    vec![key.clone(), "0".into(), "-1".into()],
-                )
-                .await
-                .unwrap(),
-            "set" => redis
-                .custom(fred::cmd!("SMEMBERS"), vec![key.clone()])
-                .await
-                .unwrap(),
-            "zset" => redis
-                .custom(
-                    fred::cmd!("ZRANGE"),
-                    vec![key.clone(), "0".into(), "-1".into()],
-                )
-                .await
-                .unwrap(),
-            "stream" => redis
-                .custom(
-                    fred::cmd!("XRANGE"),
-                    vec![key.clone(), "-".into(), "+".into()],
-                )
-                .await
-                .unwrap(),
-            _ => fred::types::Value::Null,
-        };
-        out.push_str(&format!("{key} {value:?}\n"));
-    }
-    out
-}
-
 /// Command lines of every process, read while something runs.
 fn all_command_lines() -> String {
     let mut out = String::new();
@@ -845,7 +794,7 @@ async fn the_credential_appears_nowhere() {
         ("the events", format!("{events:?}")),
         ("ListJobs", format!("{list:?}")),
         ("the history", rows),
-        ("Redis", redis_dump(&history).await),
+        ("Redis", history.redis_dump().await),
         ("the service's log", service.log_text()),
         ("the git cache", cached_files),
         ("the git server's log", git.server.log().join("\n")),

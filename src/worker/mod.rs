@@ -30,7 +30,7 @@ use crate::store::Store;
 pub use crate::settings::ExecutorKind;
 pub use executor::{signal_group, ExecError, Executor, RawEvent, RunOutput, StopReason};
 pub use mask::Masker;
-pub use processes::{job_processes, kill_job_processes, JOB_ID_ENV};
+pub use processes::{end_ssh_masters, job_processes, kill_job_processes, JOB_ID_ENV};
 pub use sweeper::Sweeper;
 
 /// Timing of leases and shutdown.

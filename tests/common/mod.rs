@@ -158,6 +158,57 @@ impl History {
         keys
     }
 
+    /// Every key under the history's Redis prefix with its value.
+    pub async fn redis_dump(&self) -> String {
+        use fred::prelude::*;
+        let redis = self.redis().await;
+        let mut out = String::new();
+        for key in self.redis_keys("*").await {
+            let kind: String = redis
+                .custom(fred::cmd!("TYPE"), vec![key.clone()])
+                .await
+                .unwrap();
+            let value: fred::types::Value = match kind.as_str() {
+                "string" => redis
+                    .custom(fred::cmd!("GET"), vec![key.clone()])
+                    .await
+                    .unwrap(),
+                "hash" => redis
+                    .custom(fred::cmd!("HGETALL"), vec![key.clone()])
+                    .await
+                    .unwrap(),
+                "list" => redis
+                    .custom(
+                        fred::cmd!("LRANGE"),
+                        vec![key.clone(), "0".into(), "-1".into()],
+                    )
+                    .await
+                    .unwrap(),
+                "set" => redis
+                    .custom(fred::cmd!("SMEMBERS"), vec![key.clone()])
+                    .await
+                    .unwrap(),
+                "zset" => redis
+                    .custom(
+                        fred::cmd!("ZRANGE"),
+                        vec![key.clone(), "0".into(), "-1".into()],
+                    )
+                    .await
+                    .unwrap(),
+                "stream" => redis
+                    .custom(
+                        fred::cmd!("XRANGE"),
+                        vec![key.clone(), "-".into(), "+".into()],
+                    )
+                    .await
+                    .unwrap(),
+                _ => fred::types::Value::Null,
+            };
+            out.push_str(&format!("{key} {value:?}\n"));
+        }
+        out
+    }
+
     /// Every row of these tables, as text: what a raw scan of the history
     /// for a secret reads.
     pub async fn table_rows(&self, tables: &[&str]) -> String {

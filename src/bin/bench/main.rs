@@ -30,6 +30,12 @@
 //!   `--latency-jobs` runs with the ref fresh in the cache, interleaved with as
 //!   many catalogue hello.yml runs; medians, p90s, their difference (target
 //!   ≤ 20 ms), the clone cost, and the git requests during the cached runs.
+//! - (h) a fleet over SSH: a playbook of 5 tasks over 50 sshd hosts on
+//!   loopback, `forks` 25, with a named SSH credential, `--fleet-runs` runs
+//!   on one warm service next to as many ansible-playbook runs direct
+//!   (target: medians within 10 %); the events per second a watcher
+//!   receives, their delivery delay from Ansible's timestamp, and the
+//!   service's CPU time per event.
 //!
 //! Every service runs on a database and Redis prefix of its own (all dropped
 //! at the end), so that no section's jobs leak into another's.
@@ -41,6 +47,7 @@
 //! Layout: `harness` (the in-process service, databases, shared helpers),
 //! one module per section, `report` (bench.json and the Markdown report).
 
+mod fleet;
 mod get_job;
 // The tests' git smart-HTTP server, for section (g).
 #[allow(dead_code)]
@@ -53,6 +60,10 @@ mod report;
 mod submit_rate;
 mod submit_to_terminal;
 mod throughput;
+// The tests' sshd fleet, for section (h).
+#[allow(dead_code)]
+#[path = "../../../tests/common/sshd.rs"]
+mod sshd;
 mod watchers;
 
 use std::path::PathBuf;
@@ -74,6 +85,7 @@ enum Section {
     E,
     F,
     G,
+    H,
 }
 
 #[derive(Debug, Parser)]
@@ -99,6 +111,9 @@ struct Args {
     /// hello.yml jobs for the throughput section (f).
     #[arg(long, default_value_t = 200)]
     throughput_jobs: usize,
+    /// Runs on the service, and as many direct, for the fleet section (h).
+    #[arg(long, default_value_t = 5)]
+    fleet_runs: usize,
     /// Sections to run, e.g. `--only a,b,e`; all when not given.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
@@ -234,6 +249,10 @@ async fn main() {
     if bench.args.runs(Section::G) {
         let g = git_sources::section_g(&mut bench).await;
         report.insert("g_git_sources".into(), g);
+    }
+    if bench.args.runs(Section::H) {
+        let h = fleet::section_h(&mut bench).await;
+        report.insert("h_fleet".into(), h);
     }
     if [Section::B, Section::C, Section::D]
         .iter()

@@ -502,6 +502,87 @@ fn markdown(report: &Value) -> String {
         md.push_str(not_run);
     }
 
+    md.push_str("\n## h. A fleet over SSH\n\n");
+    if report.get("h_fleet").is_some() {
+        let h = "/h_fleet";
+        md.push_str(&format!(
+            "One playbook of {} tasks over {} SSH hosts (sshd processes on loopback, \
+             tests/common/sshd.rs), `forks` {}, on one service with the warm executor reaching \
+             them with a named SSH credential, SubmitJob then WatchJob to the terminal status; \
+             next to ansible-playbook run directly with the same inventory, key, user and host \
+             key checking, each run with a control folder of its own as the service gives its \
+             runs. {} runs of each, alternating (which goes first alternates from pair to pair), \
+             after one warm-up run of each. The event figures come from a watcher of every \
+             service run; the CPU time is this process's (the service and the watcher, not \
+             Ansible's processes) over the service runs.\n\n",
+            fixed(&format!("{h}/tasks"), 0),
+            fixed(&format!("{h}/hosts"), 0),
+            fixed(&format!("{h}/forks"), 0),
+            fixed(&format!("{h}/runs"), 0),
+        ));
+        md.push_str(head);
+        for (key, name) in [
+            ("service", "Service, submit to terminal"),
+            ("ansible_playbook_direct", "ansible-playbook direct"),
+        ] {
+            md.push_str(&row(
+                &format!("{name}, median / p95"),
+                format!(
+                    "{} / {}",
+                    ms(&format!("{h}/{key}/p50_ms")),
+                    ms(&format!("{h}/{key}/p95_ms"))
+                ),
+                "—",
+                None,
+            ));
+        }
+        let ratio = num(&format!("{h}/ratio_of_medians"));
+        md.push_str(&row(
+            "Service median / direct median",
+            fixed(&format!("{h}/ratio_of_medians"), 3),
+            "≤ 1.10",
+            ratio.map(|r| r <= crate::fleet::TARGET_RATIO),
+        ));
+        md.push_str(&row(
+            "Events per run",
+            fixed(&format!("{h}/events_per_run"), 0),
+            "—",
+            None,
+        ));
+        md.push_str(&row(
+            "Events per second at the watcher (median over runs)",
+            fixed(&format!("{h}/events_per_second_median"), 0),
+            "—",
+            None,
+        ));
+        md.push_str(&row(
+            "Delivery from the event's timestamp to the watcher, p50 / p99 / max",
+            format!(
+                "{} / {} / {}",
+                ms(&format!("{h}/delivery_from_event_time/p50_ms")),
+                ms(&format!("{h}/delivery_from_event_time/p99_ms")),
+                ms(&format!("{h}/delivery_from_event_time/max_ms"))
+            ),
+            "—",
+            None,
+        ));
+        md.push_str(&row(
+            "Service CPU time per event",
+            ms(&format!("{h}/service_cpu_ms_per_event")),
+            "—",
+            None,
+        ));
+        let failed = num(&format!("{h}/failed"));
+        md.push_str(&row(
+            "Failed runs (service and direct)",
+            fixed(&format!("{h}/failed"), 0),
+            "0",
+            failed.map(|f| f == 0.0),
+        ));
+    } else {
+        md.push_str(not_run);
+    }
+
     md.push_str("\n## Analysis\n\n(written by hand after the run)\n");
     md
 }
