@@ -12,7 +12,9 @@ use std::time::Duration;
 use ansible_runner_service::pb::{self, ListJobsRequest, SubmitJobRequest};
 use ansible_runner_service::settings::Settings;
 use common::process::ServiceProcess;
-use common::sshd::{SshFleet, BECOME_LOGIN, BECOME_PASSWORD, BECOME_TARGET, FLEET_PLAYBOOK};
+use common::sshd::{
+    keygen, SshFleet, BECOME_LOGIN, BECOME_PASSWORD, BECOME_TARGET, FLEET_PLAYBOOK,
+};
 use common::*;
 use serde_json::{json, Map, Value};
 use tonic::Code;
@@ -27,6 +29,37 @@ fn credentials(settings: &Settings, key_file: &Path, args: &[&str]) -> Output {
         .env_remove("CREDENTIALS_KEY")
         .output()
         .unwrap()
+}
+
+/// `credentials create --name NAME --kind KIND ARGS...`.
+fn create(settings: &Settings, key_file: &Path, name: &str, kind: &str, args: &[&str]) -> Output {
+    let mut all = vec!["create", "--name", name, "--kind", kind];
+    all.extend_from_slice(args);
+    credentials(settings, key_file, &all)
+}
+
+/// An ssh credential `name` for the fleet: its client key and known hosts,
+/// logging in as `user`. Returns what `create` printed.
+fn fleet_credential(
+    settings: &Settings,
+    key_file: &Path,
+    name: &str,
+    fleet: &SshFleet,
+    user: &str,
+) -> String {
+    let (private, known) = (
+        fleet.client_key.display().to_string(),
+        fleet.known_hosts.display().to_string(),
+    );
+    let args = [
+        "--ssh-key-file",
+        &private,
+        "--user",
+        user,
+        "--known-hosts-file",
+        &known,
+    ];
+    ok(create(settings, key_file, name, "ssh", &args))
 }
 
 fn ok(out: Output) -> String {
@@ -57,6 +90,30 @@ fn master_key(dir: &Path) -> PathBuf {
         .write_all(ok(out).as_bytes())
         .unwrap();
     path
+}
+
+/// A history, a new master key in `key_dir`, and settings for a service
+/// whose workers hold the key, with `playbooks(extra)` as its catalogue.
+struct Keyed {
+    history: History,
+    key: PathBuf,
+    settings: Settings,
+    books: tempfile::TempDir,
+}
+
+async fn keyed(backend: Backend, key_dir: &Path, extra: &[(&str, &str)]) -> Keyed {
+    let history = History::new(backend).await;
+    let key = master_key(key_dir);
+    let books = playbooks(extra);
+    let mut settings = history.settings.clone();
+    settings.playbooks_dir = books.path().to_owned();
+    settings.credentials_key_file = Some(key.clone());
+    Keyed {
+        history,
+        key,
+        settings,
+        books,
+    }
 }
 
 /// A playbooks folder with the fleet playbook (and whatever `extra` adds).
@@ -163,33 +220,20 @@ fn ssh_masters_in(folder: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
     let fleet = SshFleet::start(3);
-    let history = History::new(Backend::Shared).await;
-    let key = master_key(fleet.dir());
-    let books = playbooks(&[("slow.yml", SLOW_FLEET_PLAYBOOK)]);
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
-    settings.credentials_key_file = Some(key.clone());
+    let Keyed {
+        history,
+        key,
+        settings,
+        books: _books,
+    } = keyed(
+        Backend::Shared,
+        fleet.dir(),
+        &[("slow.yml", SLOW_FLEET_PLAYBOOK)],
+    )
+    .await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
-    let known = fleet.known_hosts.display().to_string();
-    let private = fleet.client_key.display().to_string();
-    let created = ok(credentials(
-        &settings,
-        &key,
-        &[
-            "create",
-            "--name",
-            "prod-ssh",
-            "--kind",
-            "ssh",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            &fleet.user,
-            "--known-hosts-file",
-            &known,
-        ],
-    ));
+    let created = fleet_credential(&settings, &key, "prod-ssh", &fleet, &fleet.user);
     assert!(created.contains("SHA256:"), "{created}");
 
     let mut req = with_credentials("fleet.yml", &["prod-ssh"]);
@@ -282,22 +326,17 @@ async fn an_ssh_credential_reaches_the_fleet_and_is_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
     let fleet = SshFleet::start(2);
-    let history = History::new(Backend::Embedded).await;
-    let key = master_key(fleet.dir());
-    let books = playbooks(&[]);
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
-    settings.credentials_key_file = Some(key.clone());
+    let Keyed {
+        history: _history,
+        key,
+        settings,
+        books: _books,
+    } = keyed(Backend::Embedded, fleet.dir(), &[]).await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
 
     let other_key = fleet.dir().join("other");
-    let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other_key)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    keygen(&other_key, "");
     let nobody_known = fleet.dir().join("empty_known_hosts");
     std::fs::write(&nobody_known, "").unwrap();
     let (known, private, other) = (
@@ -307,51 +346,51 @@ async fn a_wrong_key_or_an_unknown_host_key_is_unreachable_unless_accept_new() {
     );
     let user = fleet.user.as_str();
     let empty = nobody_known.display().to_string();
-    for args in [
-        vec![
-            "--name",
+    for (name, args) in [
+        (
             "wrong-key",
-            "--ssh-key-file",
-            &other,
-            "--user",
-            user,
-            "--known-hosts-file",
-            &known,
-        ],
-        vec![
-            "--name",
+            [
+                "--ssh-key-file",
+                &other,
+                "--user",
+                user,
+                "--known-hosts-file",
+                &known,
+            ],
+        ),
+        (
             "unknown-hosts",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            user,
-            "--known-hosts-file",
-            &empty,
-        ],
-        vec![
-            "--name",
+            [
+                "--ssh-key-file",
+                &private,
+                "--user",
+                user,
+                "--known-hosts-file",
+                &empty,
+            ],
+        ),
+        (
             "wrong-user",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            "no-such-user",
-            "--known-hosts-file",
-            &known,
-        ],
-        vec![
-            "--name",
-            "accept-new",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            user,
-            "--accept-new-host-keys",
-        ],
+            [
+                "--ssh-key-file",
+                &private,
+                "--user",
+                "no-such-user",
+                "--known-hosts-file",
+                &known,
+            ],
+        ),
     ] {
-        let mut all = vec!["create", "--kind", "ssh"];
-        all.extend(args);
-        ok(credentials(&settings, &key, &all));
+        ok(create(&settings, &key, name, "ssh", &args));
     }
+    let accept_new = [
+        "--ssh-key-file",
+        &private,
+        "--user",
+        user,
+        "--accept-new-host-keys",
+    ];
+    ok(create(&settings, &key, "accept-new", "ssh", &accept_new));
     for (credential, expected) in [
         ("wrong-key", pb::JobStatus::Failed),
         ("unknown-hosts", pb::JobStatus::Failed),
@@ -395,10 +434,20 @@ const VAULTED_PLAYBOOK: &str = r#"- hosts: localhost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_credential_opens_vaulted_vars_and_without_it_the_run_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let books = playbooks(&[
-        ("vaulted.yml", VAULTED_PLAYBOOK),
-        ("vaulted_vars.yml", "secret_word: swordfish\n"),
-    ]);
+    let Keyed {
+        history: _history,
+        key,
+        settings,
+        books,
+    } = keyed(
+        Backend::Embedded,
+        dir.path(),
+        &[
+            ("vaulted.yml", VAULTED_PLAYBOOK),
+            ("vaulted_vars.yml", "secret_word: swordfish\n"),
+        ],
+    )
+    .await;
     let password_file = dir.path().join("vault-password");
     std::fs::write(&password_file, "correct-horse-battery\n").unwrap();
     let vault = std::process::Command::new("ansible-vault")
@@ -414,26 +463,15 @@ async fn a_vault_credential_opens_vaulted_vars_and_without_it_the_run_fails_clea
         String::from_utf8_lossy(&vault.stderr)
     );
 
-    let history = History::new(Backend::Embedded).await;
-    let key = master_key(dir.path());
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
-    settings.credentials_key_file = Some(key.clone());
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
     let password = password_file.display().to_string();
-    ok(credentials(
+    ok(create(
         &settings,
         &key,
-        &[
-            "create",
-            "--name",
-            "prod-vault",
-            "--kind",
-            "vault",
-            "--password-file",
-            &password,
-        ],
+        "prod-vault",
+        "vault",
+        &["--password-file", &password],
     ));
 
     let job = run(
@@ -488,18 +526,12 @@ async fn unknown_forbidden_or_doubled_credentials_are_refused_and_nothing_is_wri
     std::fs::write(&password_file, "a-become-password\n").unwrap();
     let pw = password_file.display().to_string();
     for name in ["prod-become", "prod-become-2", "dev-become"] {
-        ok(credentials(
+        ok(create(
             &settings,
             &key,
-            &[
-                "create",
-                "--name",
-                name,
-                "--kind",
-                "become",
-                "--password-file",
-                &pw,
-            ],
+            name,
+            "become",
+            &["--password-file", &pw],
         ));
     }
 
@@ -572,18 +604,12 @@ async fn a_worker_without_the_master_key_fails_the_job_clearly() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "a-password\n").unwrap();
     let pw = pw.display().to_string();
-    ok(credentials(
+    ok(create(
         &settings,
         &key,
-        &[
-            "create",
-            "--name",
-            "v",
-            "--kind",
-            "vault",
-            "--password-file",
-            &pw,
-        ],
+        "v",
+        "vault",
+        &["--password-file", &pw],
     ));
     let job = run(&mut client, with_credentials("hello.yml", &["v"])).await;
     assert_eq!(status(&job), pb::JobStatus::Failed);
@@ -607,18 +633,12 @@ async fn rekey_seals_every_credential_again_and_delete_removes_one() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "a-vault-password\n").unwrap();
     let pw = pw.display().to_string();
-    ok(credentials(
+    ok(create(
         &settings,
         &old_key,
-        &[
-            "create",
-            "--name",
-            "v",
-            "--kind",
-            "vault",
-            "--password-file",
-            &pw,
-        ],
+        "v",
+        "vault",
+        &["--password-file", &pw],
     ));
     let before = ok(credentials(&settings, &old_key, &["list", "--json"]));
 
@@ -658,38 +678,24 @@ async fn rekey_seals_every_credential_again_and_delete_removes_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_key_file_and_ssh_masters_are_gone_once_a_worker_starts_again() {
     let fleet = SshFleet::start(2);
-    let mut history = History::new(Backend::Shared).await;
-    history.settings.lease = Duration::from_secs(3);
-    history.settings.workers = 1;
-    let key = master_key(fleet.dir());
-    let books = playbooks(&[("slow.yml", SLOW_FLEET_PLAYBOOK)]);
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
+    let Keyed {
+        history: _history,
+        key,
+        mut settings,
+        books: _books,
+    } = keyed(
+        Backend::Shared,
+        fleet.dir(),
+        &[("slow.yml", SLOW_FLEET_PLAYBOOK)],
+    )
+    .await;
+    settings.lease = Duration::from_secs(3);
+    settings.workers = 1;
     let mut api_settings = settings.clone();
     api_settings.workers = 0;
     let api = TestServer::start(&api_settings).await;
     let mut client = api.client.clone();
-    let (private, known) = (
-        fleet.client_key.display().to_string(),
-        fleet.known_hosts.display().to_string(),
-    );
-    ok(credentials(
-        &settings,
-        &key,
-        &[
-            "create",
-            "--name",
-            "prod-ssh",
-            "--kind",
-            "ssh",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            &fleet.user,
-            "--known-hosts-file",
-            &known,
-        ],
-    ));
+    fleet_credential(&settings, &key, "prod-ssh", &fleet, &fleet.user);
     // Workers log everything they do (debug), to be searched for the key.
     let key_path = key.display().to_string();
     let env = [
@@ -768,23 +774,18 @@ async fn a_killed_workers_key_file_and_ssh_masters_are_gone_once_a_worker_starts
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_a_passphrase_is_opened_at_create_and_reaches_the_fleet() {
     let fleet = SshFleet::start(1);
-    let history = History::new(Backend::Embedded).await;
-    let key = master_key(fleet.dir());
-    let books = playbooks(&[]);
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
-    settings.credentials_key_file = Some(key.clone());
+    let Keyed {
+        history,
+        key,
+        settings,
+        books: _books,
+    } = keyed(Backend::Embedded, fleet.dir(), &[]).await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
 
     let locked = fleet.dir().join("locked");
     let passphrase = "tell no one 42";
-    let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-C", "", "-N", passphrase, "-f"])
-        .arg(&locked)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    keygen(&locked, passphrase);
     fleet.authorize(&locked.with_extension("pub"));
     let right = fleet.dir().join("passphrase");
     std::fs::write(&right, format!("{passphrase}\n")).unwrap();
@@ -794,36 +795,25 @@ async fn a_key_with_a_passphrase_is_opened_at_create_and_reaches_the_fleet() {
         locked.display().to_string(),
         fleet.known_hosts.display().to_string(),
     );
-    let create = |extra: &[&str]| {
-        let mut args = vec![
-            "create",
-            "--name",
-            "locked",
-            "--kind",
-            "ssh",
-            "--ssh-key-file",
-            &locked_path,
-            "--user",
-            &fleet.user,
-            "--known-hosts-file",
-            &known,
-        ];
+    let create_locked = |extra: &[&str]| {
+        let mut args = vec!["--ssh-key-file", &locked_path, "--user", &fleet.user];
+        args.extend_from_slice(&["--known-hosts-file", &known]);
         args.extend_from_slice(extra);
-        credentials(&settings, &key, &args)
+        create(&settings, &key, "locked", "ssh", &args)
     };
     let said = |out: &Output| {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let without = said(&create(&[]));
+    let without = said(&create_locked(&[]));
     assert!(without.contains("--passphrase-file"), "{without}");
     let (right, wrong) = (right.display().to_string(), wrong.display().to_string());
-    let mistaken = said(&create(&["--passphrase-file", &wrong]));
+    let mistaken = said(&create_locked(&["--passphrase-file", &wrong]));
     assert!(
         mistaken.contains("the passphrase does not open the key"),
         "{mistaken}"
     );
-    let created = ok(create(&["--passphrase-file", &right]));
+    let created = ok(create_locked(&["--passphrase-file", &right]));
     let listed = std::process::Command::new("ssh-keygen")
         .arg("-lf")
         .arg(locked.with_extension("pub"))
@@ -877,50 +867,29 @@ const BECOME_PLAYBOOK: &str = r#"- hosts: all
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_become_credential_gives_sudo_its_password_and_without_it_the_task_fails() {
     let fleet = SshFleet::start(2);
-    let history = History::new(Backend::Embedded).await;
-    let key = master_key(fleet.dir());
-    let books = playbooks(&[("become.yml", BECOME_PLAYBOOK)]);
-    let mut settings = history.settings.clone();
-    settings.playbooks_dir = books.path().to_owned();
-    settings.credentials_key_file = Some(key.clone());
+    let Keyed {
+        history,
+        key,
+        settings,
+        books: _books,
+    } = keyed(
+        Backend::Embedded,
+        fleet.dir(),
+        &[("become.yml", BECOME_PLAYBOOK)],
+    )
+    .await;
     let server = TestServer::start(&settings).await;
     let mut client = server.client.clone();
-    let (private, known) = (
-        fleet.client_key.display().to_string(),
-        fleet.known_hosts.display().to_string(),
-    );
-    ok(credentials(
-        &settings,
-        &key,
-        &[
-            "create",
-            "--name",
-            "fleet-ssh",
-            "--kind",
-            "ssh",
-            "--ssh-key-file",
-            &private,
-            "--user",
-            BECOME_LOGIN,
-            "--known-hosts-file",
-            &known,
-        ],
-    ));
+    fleet_credential(&settings, &key, "fleet-ssh", &fleet, BECOME_LOGIN);
     let password_file = fleet.dir().join("become-password");
     std::fs::write(&password_file, format!("{BECOME_PASSWORD}\n")).unwrap();
     let password = password_file.display().to_string();
-    ok(credentials(
+    ok(create(
         &settings,
         &key,
-        &[
-            "create",
-            "--name",
-            "fleet-sudo",
-            "--kind",
-            "become",
-            "--password-file",
-            &password,
-        ],
+        "fleet-sudo",
+        "become",
+        &["--password-file", &password],
     ));
     let become_job = |names: &[&str]| {
         let mut req = with_credentials("become.yml", names);

@@ -47,9 +47,11 @@ pub struct SshFleet {
     dir: TempDir,
 }
 
-fn keygen(path: &Path) {
+/// A new ed25519 key pair at `path` (and `path`.pub), with `passphrase`
+/// (none when empty).
+pub fn keygen(path: &Path, passphrase: &str) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", "ed25519", "-C", "", "-N", passphrase, "-f"])
         .arg(path)
         .stdout(Stdio::null())
         .status()
@@ -71,7 +73,7 @@ impl SshFleet {
     pub fn start(count: usize) -> SshFleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_key = dir.path().join("client");
-        keygen(&client_key);
+        keygen(&client_key, "");
         let authorized = dir.path().join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
         // sshd reads it as the user logging in (BECOME_LOGIN too); the
@@ -93,7 +95,7 @@ impl SshFleet {
             let address = format!("127.0.0.{}", 10 + i);
             let port = free_port_on(&address);
             let host_key = dir.path().join(format!("host{i}"));
-            keygen(&host_key);
+            keygen(&host_key, "");
             let config = dir.path().join(format!("sshd{i}.conf"));
             std::fs::write(
                 &config,
@@ -102,7 +104,7 @@ impl SshFleet {
                      AuthorizedKeysFile {}\nStrictModes no\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      PermitRootLogin prohibit-password\nAllowUsers {user} {BECOME_LOGIN}\nLogLevel ERROR\n\
-                     MaxStartups 100:30:200\nMaxSessions 100\n\
+                     MaxStartups 100:30:200\nMaxSessions 100\nSubsystem sftp internal-sftp\n\
                      SetEnv SHLVL=5 PATH=/usr/bin:/bin\n",
                     host_key.display(),
                     dir.path().join(format!("sshd{i}.pid")).display(),

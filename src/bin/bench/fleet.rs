@@ -10,7 +10,9 @@
 //! second reached it, how long each took from the callback plugin's
 //! timestamp to the watcher, and the CPU time of this process (the service
 //! with its API, worker, live state and history writes, and the watcher;
-//! not Ansible's processes) per event.
+//! not Ansible's processes) per event: all of it, and what is left after
+//! taking off what the idle service spends over as long (measured for
+//! `IDLE_SECONDS` between the warm-up and the measured runs).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,6 +36,8 @@ pub const FORKS: u32 = 25;
 /// The service's median may exceed direct's by this much (issue 14).
 pub const TARGET_RATIO: f64 = 1.10;
 const CREDENTIAL: &str = "bench-fleet";
+/// Seconds the idle service's CPU time is measured over.
+const IDLE_SECONDS: u64 = 10;
 
 /// Five tasks, four of them over SSH on every host.
 const PLAYBOOK: &str = r#"- hosts: all
@@ -152,7 +156,7 @@ impl Direct {
         let control = self.dir.join(format!("cp-{n}"));
         std::fs::create_dir_all(&control).expect("control folder");
         let started = Instant::now();
-        let status = tokio::process::Command::new("ansible-playbook")
+        let output = tokio::process::Command::new("ansible-playbook")
             .arg("-i")
             .arg(&self.inventory)
             .args(["--forks", &FORKS.to_string()])
@@ -166,13 +170,19 @@ impl Direct {
             .arg("--")
             .arg(&self.playbook)
             .env("ANSIBLE_SSH_CONTROL_PATH_DIR", &control)
-            .stdout(std::process::Stdio::null())
-            .status()
+            .output()
             .await
             .expect("ansible-playbook");
         let seconds = started.elapsed().as_secs_f64();
         ansible_runner_service::worker::end_ssh_masters(&control).await;
-        (seconds, status.success())
+        if !output.status.success() {
+            eprintln!(
+                "bench: (h) ansible-playbook direct failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        (seconds, output.status.success())
     }
 }
 
@@ -259,6 +269,11 @@ pub async fn section_h(bench: &mut Bench) -> Value {
     let warm_up = run_on_service(&service, &request).await;
     let (_, direct_ok) = direct.run(0).await;
     failed += usize::from(!warm_up.ok) + usize::from(!direct_ok);
+    // What the idle service spends (sweeps, polls), to tell the events' cost
+    // from the time a run lasts.
+    let idle_from = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(std::time::Duration::from_secs(IDLE_SECONDS)).await;
+    let idle_cpu_per_second = (cpu_seconds() - idle_from.0) / idle_from.1.elapsed().as_secs_f64();
     let (mut service_samples, mut direct_samples) = (Vec::new(), Vec::new());
     let mut watched = Vec::new();
     for i in 0..runs {
@@ -288,6 +303,10 @@ pub async fn section_h(bench: &mut Bench) -> Value {
         .map(|w| w.events as f64 / w.event_span_seconds)
         .collect();
     let cpu: f64 = watched.iter().map(|w| w.cpu_seconds).sum();
+    let idle: f64 = watched
+        .iter()
+        .map(|w| w.seconds * idle_cpu_per_second)
+        .sum();
     let delays: Vec<f64> = watched.iter().flat_map(|w| w.delays_ms.clone()).collect();
     json!({
         "hosts": HOSTS,
@@ -303,6 +322,8 @@ pub async fn section_h(bench: &mut Bench) -> Value {
         "events_per_second_median": median(&rates),
         "delivery_from_event_time": summary_ms(delays),
         "service_cpu_ms_per_event": cpu * 1e3 / events.max(1) as f64,
+        "service_idle_cpu_ms_per_second": idle_cpu_per_second * 1e3,
+        "service_cpu_ms_per_event_above_idle": (cpu - idle) * 1e3 / events.max(1) as f64,
         "service_cpu_seconds_per_run": cpu / watched.len().max(1) as f64,
         "failed": failed,
     })

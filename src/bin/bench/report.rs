@@ -567,8 +567,18 @@ fn markdown(report: &Value) -> String {
             None,
         ));
         md.push_str(&row(
-            "Service CPU time per event",
-            ms(&format!("{h}/service_cpu_ms_per_event")),
+            "Service CPU time per event: all / above what it spends idle",
+            format!(
+                "{} / {}",
+                ms(&format!("{h}/service_cpu_ms_per_event")),
+                ms(&format!("{h}/service_cpu_ms_per_event_above_idle"))
+            ),
+            "—",
+            None,
+        ));
+        md.push_str(&row(
+            "Service CPU time idle, per second",
+            ms(&format!("{h}/service_idle_cpu_ms_per_second")),
             "—",
             None,
         ));
