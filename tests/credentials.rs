@@ -931,3 +931,78 @@ async fn a_become_credential_gives_sudo_its_password_and_without_it_the_task_fai
     assert_eq!(run_files_holding(BECOME_PASSWORD), Vec::<PathBuf>::new());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_credential_names_users_and_vault_ids_run_nothing() {
+    let fleet = SshFleet::start(1);
+    let Keyed {
+        history: _history,
+        key,
+        settings,
+        books: _books,
+    } = keyed(Backend::Embedded, fleet.dir(), &[]).await;
+    let server = TestServer::start(&settings).await;
+    let mut client = server.client.clone();
+    let marker = fleet.dir().join("marker");
+    let touch = format!("touch {}", marker.display());
+
+    // A name a shell would run: refused at submit, nothing written.
+    let name = format!("$({touch})");
+    let err = client
+        .submit_job(with_credentials("fleet.yml", &[&name]))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&err), vec!["credentials[0]"]);
+
+    // A user that ssh would take for an option, a vault id that would name
+    // another file: refused at create. Had either been stored, the runs
+    // below would use it.
+    let private = fleet.client_key.display().to_string();
+    // (`--user=VALUE`: as a word of its own clap would take it for a flag.)
+    let user = format!("--user=-oProxyCommand={touch}");
+    let known = fleet.known_hosts.display().to_string();
+    let hostile_user = create(
+        &settings,
+        &key,
+        "hostile-user",
+        "ssh",
+        &[
+            "--ssh-key-file",
+            &private,
+            &user,
+            "--known-hosts-file",
+            &known,
+        ],
+    );
+    let said = String::from_utf8_lossy(&hostile_user.stderr);
+    assert!(said.contains("--user"), "{said}");
+    let password = fleet.dir().join("pw");
+    std::fs::write(&password, "a-password\n").unwrap();
+    let password = password.display().to_string();
+    let vault_id = format!("x@{}", marker.display());
+    let hostile_vault = create(
+        &settings,
+        &key,
+        "hostile-vault",
+        "vault",
+        &["--password-file", &password, "--vault-id", &vault_id],
+    );
+    assert!(!hostile_vault.status.success());
+    let listed = ok(credentials(&settings, &key, &["list", "--json"]));
+    for name in ["hostile-user", "hostile-vault"] {
+        if listed.contains(name) {
+            let mut req = with_credentials("fleet.yml", &[name]);
+            req.inventory = fleet_inventory(&fleet);
+            run(&mut client, req).await;
+        }
+    }
+    assert_eq!(listed.trim(), "[]");
+    assert!(!marker.exists(), "a hostile value ran a command");
+    let page = client
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total_size, 0);
+    server.stop().await;
+}
