@@ -735,11 +735,22 @@ async fn a_killed_workers_key_file_and_ssh_masters_are_gone_once_a_worker_starts
         "the run keeps ssh masters"
     );
     worker.kill9();
-    // Nothing else removes them: the key is still in the run's folder.
-    assert!(
-        !run_files_holding(&secret).is_empty(),
-        "the key file is left"
-    );
+    // Nothing else removes them: the key is still in the run's folder,
+    // which only its user may enter.
+    let left = run_files_holding(&secret);
+    assert!(!left.is_empty(), "the key file is left");
+    for file in &left {
+        use std::os::unix::fs::PermissionsExt;
+        let run_folder = file
+            .ancestors()
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&folder))
+            })
+            .expect("the run's folder");
+        let mode = std::fs::metadata(run_folder).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", run_folder.display());
+    }
 
     let restarted = ServiceProcess::start_worker(&settings, &env);
     eventually(

@@ -205,8 +205,10 @@ impl Executor {
         stop: watch::Receiver<Option<StopReason>>,
         started: impl FnOnce(i32),
     ) -> Result<RunOutput, ExecError> {
+        // Private from the start (tempfile leaves the mode to the umask).
         let dir = tempfile::Builder::new()
             .prefix(&run_folder_prefix(job_id))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(ExecError::Prepare)?;
         let args = run_files::prepare(dir.path(), prepared, spec).map_err(ExecError::Prepare)?;
